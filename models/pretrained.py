@@ -1,0 +1,189 @@
+"""`load_pretrained` (HF directory, .gguf file, or cached hub id) and the jitted `forward`."""
+from __future__ import annotations
+
+import dataclasses
+import functools
+import glob
+import json
+import os
+from typing import Any, Optional
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from models.checkpoint import CheckpointError, fill_params, iter_safetensors
+from models.config import ModelConfig, from_hf_config
+from models.transformer import CausalLM, Intervention, TransformerOutput, init_kv_cache
+
+_DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
+
+
+@dataclasses.dataclass
+class Pretrained:
+    """A loaded model: config, parameter pytree, tokenizer (left padding, pad token set)."""
+    config: ModelConfig
+    params: Any
+    tokenizer: Any
+    dtype: str
+    source: str
+
+    @property
+    def family(self) -> str:
+        return self.config.family
+
+    @property
+    def eos_token_ids(self) -> tuple[int, ...]:
+        ids = set(self.config.eos_token_ids)
+        if self.tokenizer is not None and self.tokenizer.eos_token_id is not None:
+            ids.add(int(self.tokenizer.eos_token_id))
+        return tuple(sorted(ids))
+
+    @property
+    def pad_token_id(self) -> int:
+        if self.tokenizer is not None and self.tokenizer.pad_token_id is not None:
+            return int(self.tokenizer.pad_token_id)
+        if self.config.pad_token_id is not None:
+            return int(self.config.pad_token_id)
+        return self.eos_token_ids[0] if self.eos_token_ids else 0
+
+
+def resolve_dtype(dtype) -> jnp.dtype:
+    if isinstance(dtype, str):
+        if dtype not in _DTYPES:
+            raise ValueError(f"dtype {dtype!r} is not supported; expected one of {sorted(_DTYPES)}")
+        return _DTYPES[dtype]
+    return jnp.dtype(dtype).type
+
+
+def _prepare_tokenizer(tokenizer):
+    if tokenizer is None:
+        return None
+    tokenizer.padding_side = "left"
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+def _safetensors_files(directory: str) -> list[str]:
+    index = os.path.join(directory, "model.safetensors.index.json")
+    if os.path.isfile(index):
+        try:
+            with open(index) as f:
+                weight_map = json.load(f)["weight_map"]
+        except (json.JSONDecodeError, KeyError) as err:
+            raise CheckpointError(f"{index} is not a valid safetensors index: {err}") from err
+        files = sorted(set(weight_map.values()))
+        missing = [f for f in files if not os.path.isfile(os.path.join(directory, f))]
+        if missing:
+            raise CheckpointError(f"{index} names shards that do not exist: {missing}")
+        return [os.path.join(directory, f) for f in files]
+    files = sorted(glob.glob(os.path.join(directory, "*.safetensors")))
+    if not files:
+        raise CheckpointError(f"{directory} has config.json but no *.safetensors weights "
+                              "(PyTorch .bin checkpoints are not read; convert them to safetensors)")
+    return files
+
+
+def _load_hf_directory(directory: str, dtype, shardings) -> Pretrained:
+    from transformers import AutoConfig, AutoTokenizer
+    config = from_hf_config(AutoConfig.from_pretrained(directory))
+    params = fill_params(config, iter_safetensors(_safetensors_files(directory)), dtype,
+                         source=directory, shardings=shardings)
+    has_tokenizer = any(os.path.isfile(os.path.join(directory, f))
+                        for f in ("tokenizer.json", "tokenizer.model", "tokenizer_config.json"))
+    tokenizer = AutoTokenizer.from_pretrained(directory) if has_tokenizer else None
+    return Pretrained(config, params, _prepare_tokenizer(tokenizer), jnp.dtype(dtype).name, directory)
+
+
+def _load_gguf(path: str, dtype, shardings) -> Pretrained:
+    from models.gguf_file import GGUFFile
+    gguf = GGUFFile(path)
+    config = gguf.config()
+    params = fill_params(config, gguf.hf_tensors(config), dtype, source=path, shardings=shardings)
+    return Pretrained(config, params, _prepare_tokenizer(gguf.tokenizer()), jnp.dtype(dtype).name, path)
+
+
+def _hub_cache_dir(repo_id: str) -> str:
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import LocalEntryNotFoundError
+    try:
+        return snapshot_download(repo_id, local_files_only=True)
+    except (LocalEntryNotFoundError, OSError, ValueError) as err:
+        raise CheckpointError(
+            f"model source {repo_id!r} is neither a local directory, a .gguf file, nor a hub id "
+            f"found in the local Hugging Face cache (nothing is downloaded): {err}") from err
+
+
+def load_pretrained(source: str, dtype="bfloat16", shardings=None) -> Pretrained:
+    """Load a Llama or Qwen3 checkpoint. No torch is needed.
+
+    source: a Hugging Face checkpoint directory (config.json + *.safetensors, sharded index too),
+    a .gguf file, or a hub id already in the local HF cache. `shardings` optionally maps Flax
+    parameter paths to shardings for placing each tensor as it is read.
+    """
+    dtype = resolve_dtype(dtype)
+    source = os.fspath(source)
+    if source.endswith(".gguf"):
+        return _load_gguf(source, dtype, shardings)
+    if os.path.isdir(source):
+        if not os.path.isfile(os.path.join(source, "config.json")):
+            raise CheckpointError(f"{source} is a directory without config.json")
+        return _load_hf_directory(source, dtype, shardings)
+    if os.path.exists(source) or source.startswith((".", "/")) or source.count("/") > 1:
+        raise CheckpointError(f"model source {source!r} does not exist or is not a directory/.gguf")
+    return _load_hf_directory(_hub_cache_dir(source), dtype, shardings)
+
+
+def prompt_positions(attention_mask: jax.Array) -> jax.Array:
+    """RoPE positions that skip left padding: the first real token is position 0."""
+    return jnp.maximum(jnp.cumsum(attention_mask.astype(jnp.int32), axis=-1) - 1, 0)
+
+
+def apply_model(config: ModelConfig, dtype: str, params, input_ids, positions, kv_cache,
+                cache_index, kv_mask, intervention: Optional[Intervention] = None,
+                output_hidden_states: bool = False, last_logits_only: bool = False) -> TransformerOutput:
+    """One call of the transformer; used by `forward` and by the decode loop."""
+    if intervention is not None:
+        bad = [layer for layer in intervention.layers if not 0 <= layer < config.num_layers]
+        if bad:
+            raise ValueError(f"intervention layers {bad} are out of range for a model with "
+                             f"{config.num_layers} layers (expected 0..{config.num_layers - 1})")
+    module = CausalLM(config, resolve_dtype(dtype))
+    return module.apply({"params": params}, input_ids, positions, kv_cache, cache_index, kv_mask,
+                        intervention=intervention, output_hidden_states=output_hidden_states,
+                        last_logits_only=last_logits_only)
+
+
+@functools.partial(jax.jit, static_argnames=("config", "dtype", "output_hidden_states"))
+def _forward(params, input_ids, attention_mask, intervention, *, config, dtype, output_hidden_states):
+    batch, length = input_ids.shape
+    mask = attention_mask.astype(bool)
+    cache = init_kv_cache(config, batch, length, resolve_dtype(dtype))
+    return apply_model(config, dtype, params, input_ids, prompt_positions(attention_mask), cache, 0,
+                       mask, intervention, output_hidden_states)
+
+
+def forward(pre: Pretrained, input_ids, attention_mask=None, output_hidden_states: bool = False,
+            intervention: Optional[Intervention] = None) -> TransformerOutput:
+    """Full forward pass over a (left-padded) batch. int32 [B, T] in; logits [B, T, V] float32.
+
+    hidden_states[i] is the input of block i (after any intervention there); hidden_states[L] is
+    the final normed state, as in transformers. `intervention` must be a JAX pytree.
+    """
+    input_ids = jnp.asarray(input_ids, jnp.int32)
+    if input_ids.ndim != 2:
+        raise ValueError(f"input_ids must be [batch, length], got shape {input_ids.shape}")
+    if attention_mask is None:
+        attention_mask = jnp.ones_like(input_ids)
+    attention_mask = jnp.asarray(attention_mask, jnp.int32)
+    if attention_mask.shape != input_ids.shape:
+        raise ValueError(f"attention_mask shape {attention_mask.shape} != input_ids shape "
+                         f"{input_ids.shape}")
+    if input_ids.shape[1] > pre.config.max_position_embeddings:
+        raise ValueError(f"prompt length {input_ids.shape[1]} exceeds max_position_embeddings="
+                         f"{pre.config.max_position_embeddings}")
+    out = _forward(pre.params, input_ids, attention_mask, intervention, config=pre.config,
+                   dtype=pre.dtype, output_hidden_states=output_hidden_states)
+    return out._replace(kv_cache=None)
+

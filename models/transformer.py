@@ -1,0 +1,84 @@
+"""The decoder-only transformer shared by Llama (2, 3, 3.1, 3.2) and Qwen3.
+
+The two families differ only in config switches (Qwen3's q/k norm, explicit head_dim, biases), so
+one module serves both. An *intervention* may rewrite the residual stream before chosen blocks; the
+blocks never learn what it does.
+"""
+from __future__ import annotations
+
+from typing import Callable, NamedTuple, Optional, Protocol
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from models.config import ModelConfig
+from models.layers import DecoderBlock, RMSNorm
+
+
+class Intervention(Protocol):
+    """Rewrites the hidden state entering block `layer`.
+
+    `layers` is static (a tuple of block indices). The call gets the block's input [B, T, D] and
+    returns the new input plus an auxiliary array (or None) that the forward pass hands back in
+    layer order. It is plain JAX, so it may contain `jax.grad`.
+    """
+    layers: tuple[int, ...]
+
+    def __call__(self, layer: int, hidden: jax.Array) -> tuple[jax.Array, Optional[jax.Array]]:
+        ...
+
+
+KVCache = tuple[tuple[jax.Array, jax.Array], ...]  # per layer (k, v), each [B, S, Hkv, Dh]
+
+
+class TransformerOutput(NamedTuple):
+    logits: Optional[jax.Array]  # [B, T or 1, V] float32
+    hidden_states: Optional[tuple[jax.Array, ...]]  # L+1 x [B, T, D]; [i] enters block i
+    kv_cache: KVCache
+    intervention_aux: tuple  # one entry per intervened layer, in layer order
+
+
+def init_kv_cache(config: ModelConfig, batch: int, length: int, dtype) -> KVCache:
+    shape = (batch, length, config.num_kv_heads, config.head_dim)
+    return tuple((jnp.zeros(shape, dtype), jnp.zeros(shape, dtype)) for _ in range(config.num_layers))
+
+
+class CausalLM(nn.Module):
+    config: ModelConfig
+    dtype: jnp.dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, input_ids, positions, kv_cache: KVCache, cache_index, kv_mask,
+                 intervention: Optional[Intervention] = None, output_hidden_states: bool = False,
+                 last_logits_only: bool = False) -> TransformerOutput:
+        cfg = self.config
+        embed = nn.Embed(cfg.vocab_size, cfg.hidden_size, dtype=self.dtype, param_dtype=self.dtype,
+                         name="embed_tokens")
+        x = embed(input_ids)
+        steered = set(intervention.layers) if intervention is not None else set()
+        hidden_states, aux, new_cache = [], [], []
+        for i in range(cfg.num_layers):
+            if i in steered:
+                x, extra = intervention(i, x)
+                aux.append(extra)
+            if output_hidden_states:
+                hidden_states.append(x)
+            x, layer_cache = DecoderBlock(cfg, self.dtype, name=f"layers_{i}")(
+                x, positions, kv_cache[i], cache_index, kv_mask)
+            new_cache.append(layer_cache)
+        x = RMSNorm(cfg.rms_norm_eps, self.dtype, name="norm")(x)
+        if output_hidden_states:
+            hidden_states.append(x)
+        if last_logits_only:
+            x = x[:, -1:]
+        if cfg.tie_word_embeddings:
+            logits = embed.attend(x)
+        else:
+            logits = nn.Dense(cfg.vocab_size, use_bias=False, dtype=self.dtype,
+                              param_dtype=self.dtype, name="lm_head")(x)
+        return TransformerOutput(
+            logits=logits.astype(jnp.float32),
+            hidden_states=tuple(hidden_states) if output_hidden_states else None,
+            kv_cache=tuple(new_cache),
+            intervention_aux=tuple(aux))
