@@ -1,0 +1,203 @@
+"""The one decode loop: prefill, then a jitted `lax.scan` over new tokens, with optional steering.
+
+Plain and steered generation share this loop; steering is only the intervention handed to the
+forward pass. Shapes are static: prompts are left-padded to a length bucket, the KV cache holds
+bucket + max_new_tokens slots, and rows that reached EOS keep running with frozen positions and
+emit the pad id.
+"""
+from __future__ import annotations
+
+import functools
+from typing import NamedTuple, Optional, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from models.pretrained import Pretrained, apply_model, prompt_positions, resolve_dtype
+from models.transformer import init_kv_cache
+from eds_jax.steering import Steering
+
+MIN_BUCKET = 32
+
+
+class GenerationOutput(NamedTuple):
+    tokens: jax.Array  # int32 [B, max_new_tokens]; pad id after EOS
+    lengths: jax.Array  # int32 [B]; new tokens up to and including the first EOS
+    energies: Optional[jax.Array]  # float32 [B, max_new_tokens, n_layers]; NaN after EOS
+
+
+class _DecodeState(NamedTuple):
+    kv_cache: tuple
+    kv_mask: jax.Array  # [B, S] real tokens written so far
+    token: jax.Array  # [B] last emitted token
+    position: jax.Array  # [B] RoPE position of `token`
+    done: jax.Array  # [B] EOS already emitted
+
+
+def bucket_length(length: int, minimum: int = MIN_BUCKET) -> int:
+    """Prompt lengths are padded up to a power of two (at least `minimum`): one compile per bucket."""
+    bucket = minimum
+    while bucket < length:
+        bucket *= 2
+    return bucket
+
+
+def _choose(logits, key, temperature, top_p, sample: bool):
+    if not sample:
+        return jnp.argmax(logits, axis=-1).astype(jnp.int32)
+    logits = logits / temperature
+    probs = jax.nn.softmax(logits, axis=-1)
+    sorted_probs = jnp.sort(probs, axis=-1)[:, ::-1]
+    cumulative = jnp.cumsum(sorted_probs, axis=-1)
+    # smallest set whose mass reaches top_p: keep a token if the mass before it is < top_p
+    cutoff_index = jnp.sum(cumulative - sorted_probs < top_p, axis=-1, keepdims=True) - 1
+    cutoff = jnp.take_along_axis(sorted_probs, cutoff_index, axis=-1)
+    logits = jnp.where(probs >= cutoff, logits, -jnp.inf)
+    return jax.random.categorical(key, logits, axis=-1).astype(jnp.int32)
+
+
+def _energies(aux) -> Optional[jax.Array]:
+    return jnp.stack(aux, axis=-1) if aux else None  # [B, n_layers]
+
+
+@functools.partial(jax.jit, static_argnames=("config", "dtype", "max_new_tokens", "eos_ids",
+                                             "pad_id", "sample"))
+def _generate(params, input_ids, attention_mask, steering: Optional[Steering], rng, temperature,
+              top_p, *, config, dtype, max_new_tokens: int, eos_ids: tuple, pad_id: int,
+              sample: bool) -> GenerationOutput:
+    batch, prompt_len = input_ids.shape
+    cache_len = prompt_len + max_new_tokens
+    prompt_mask = attention_mask.astype(bool)
+    kv_mask = jnp.zeros((batch, cache_len), bool).at[:, :prompt_len].set(prompt_mask)
+    eos = jnp.asarray(eos_ids, jnp.int32)
+
+    def call_model(ids, positions, cache, index, mask, call_index):
+        intervention = steering.at_call(call_index) if steering is not None else None
+        return apply_model(config, dtype, params, ids, positions, cache, index, mask,
+                           intervention=intervention, last_logits_only=True)
+
+    positions = prompt_positions(attention_mask)
+    cache = init_kv_cache(config, batch, cache_len, resolve_dtype(dtype))
+    out = call_model(input_ids, positions, cache, 0, kv_mask, 0)
+    first = _choose(out.logits[:, -1], jax.random.fold_in(rng, 0), temperature, top_p, sample)
+    state = _DecodeState(out.kv_cache, kv_mask, first, positions[:, -1] + 1, jnp.isin(first, eos))
+    first_energy = _energies(out.intervention_aux)
+
+    def step(state: _DecodeState, t):
+        slot = prompt_len + t - 1  # where the previous token's keys go
+        kv_mask = state.kv_mask.at[:, slot].set(~state.done)
+        out = call_model(state.token[:, None], state.position[:, None], state.kv_cache, slot,
+                         kv_mask, t)
+        token = _choose(out.logits[:, -1], jax.random.fold_in(rng, t), temperature, top_p, sample)
+        token = jnp.where(state.done, pad_id, token)
+        new_state = _DecodeState(out.kv_cache, kv_mask, token,
+                                 jnp.where(state.done, state.position, state.position + 1),
+                                 state.done | jnp.isin(token, eos))
+        return new_state, (token, state.done, _energies(out.intervention_aux))
+
+    _, (tokens, done_before, energies) = jax.lax.scan(step, state, jnp.arange(1, max_new_tokens))
+    tokens = jnp.concatenate([first[None], tokens], axis=0).T  # [B, N]
+    done_before = jnp.concatenate([jnp.zeros((1, batch), bool), done_before], axis=0).T
+    lengths = jnp.sum(~done_before, axis=-1).astype(jnp.int32)
+    if first_energy is not None:
+        energies = jnp.concatenate([first_energy[None], energies], axis=0).transpose(1, 0, 2)
+        energies = jnp.where(done_before[..., None], jnp.nan, energies)
+    return GenerationOutput(tokens, lengths, energies if first_energy is not None else None)
+
+
+def _check_left_padded(mask: np.ndarray) -> None:
+    if not mask.any(axis=1).all():
+        rows = np.flatnonzero(~mask.any(axis=1)).tolist()
+        raise ValueError(f"attention_mask rows {rows} have no real tokens")
+    # left padding: once a row turns real it stays real
+    right_padded = np.flatnonzero((np.diff(mask.astype(np.int8), axis=1) < 0).any(axis=1))
+    if right_padded.size:
+        raise ValueError(f"attention_mask rows {right_padded.tolist()} are not left-padded; "
+                         "set tokenizer.padding_side = 'left'")
+
+
+def steered_generate(pre: Pretrained, input_ids, attention_mask=None,
+                     steering: Optional[Steering] = None, max_new_tokens: int = 64,
+                     temperature: float = 0.0, top_p: float = 1.0, seed: int = 0,
+                     max_cache_length: Optional[int] = None) -> GenerationOutput:
+    """Generate `max_new_tokens` tokens for a left-padded batch, steering when `steering` is set.
+
+    temperature 0 is greedy; otherwise temperature/top-p sampling with a fresh key per step.
+    The cache holds at most `max_cache_length` tokens (default: the model's max positions).
+    """
+    ids = np.asarray(input_ids)
+    if ids.ndim != 2 or not np.issubdtype(ids.dtype, np.integer):
+        raise ValueError(f"input_ids must be an integer [batch, length] array, got {ids.dtype} "
+                         f"{ids.shape}")
+    mask = np.ones_like(ids, bool) if attention_mask is None else np.asarray(attention_mask).astype(bool)
+    if mask.shape != ids.shape:
+        raise ValueError(f"attention_mask shape {mask.shape} != input_ids shape {ids.shape}")
+    if int(max_new_tokens) < 1:
+        raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
+    if temperature < 0 or not 0 < top_p <= 1:
+        raise ValueError(f"need temperature >= 0 and 0 < top_p <= 1, got {temperature}, {top_p}")
+    _check_left_padded(mask)
+    config = pre.config
+    capacity = int(max_cache_length or config.max_position_embeddings)
+    real_len = int(mask.sum(axis=1).max())
+    if ids.shape[1] + max_new_tokens > capacity:
+        mask, ids = mask[:, -real_len:], ids[:, -real_len:]  # drop padding-only columns
+    if real_len + max_new_tokens > capacity:
+        raise ValueError(f"prompt of {real_len} tokens + max_new_tokens={max_new_tokens} does not fit "
+                         f"the KV cache of {capacity} tokens")
+    if steering is not None:
+        steering.check_model(config)
+    bucket = min(bucket_length(ids.shape[1]), capacity - max_new_tokens)
+    pad = bucket - ids.shape[1]
+    ids = np.pad(ids, ((0, 0), (pad, 0)), constant_values=pre.pad_token_id).astype(np.int32)
+    mask = np.pad(mask, ((0, 0), (pad, 0))).astype(np.int32)
+    return _generate(pre.params, ids, mask, steering, jax.random.PRNGKey(seed),
+                     jnp.float32(max(temperature, 1e-6)), jnp.float32(top_p), config=config,
+                     dtype=pre.dtype, max_new_tokens=int(max_new_tokens),
+                     eos_ids=pre.eos_token_ids, pad_id=pre.pad_token_id, sample=temperature > 0)
+
+
+def chat_prompts(tokenizer, prompts: Sequence[str], system: Optional[str] = None) -> list[str]:
+    """Apply the tokenizer's chat template (with the assistant turn opened) to each prompt."""
+    if tokenizer is None or not getattr(tokenizer, "chat_template", None):
+        raise ValueError("the model's tokenizer has no chat template; pass token ids to "
+                         "steered_generate instead")
+    texts = []
+    for prompt in prompts:
+        messages = ([{"role": "system", "content": system}] if system is not None else [])
+        messages.append({"role": "user", "content": prompt})
+        texts.append(tokenizer.apply_chat_template(messages, tokenize=False,
+                                                   add_generation_prompt=True))
+    return texts
+
+
+def generate_text(pre: Pretrained, prompts: Sequence[str], steering: Optional[Steering] = None,
+                  system: Optional[str] = None, max_new_tokens: int = 64, batch_size: int = 16,
+                  temperature: float = 0.0, top_p: float = 1.0, seed: int = 0,
+                  return_outputs: bool = False, progress: bool = False):
+    """Chat-template, left-pad and batch `prompts`; return the decoded new text of each.
+
+    With return_outputs=True, also return the per-batch `GenerationOutput`s.
+    """
+    if isinstance(prompts, str):
+        raise ValueError("prompts must be a list of strings, got one string")
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    texts = chat_prompts(pre.tokenizer, prompts, system)
+    starts = range(0, len(texts), batch_size)
+    if progress:
+        from tqdm.auto import tqdm
+        starts = tqdm(starts, desc="generate", unit="batch")
+    responses, outputs = [], []
+    for start in starts:
+        batch = pre.tokenizer(texts[start:start + batch_size], return_tensors="np", padding=True,
+                              add_special_tokens=False)
+        out = steered_generate(pre, batch["input_ids"], batch["attention_mask"], steering=steering,
+                               max_new_tokens=max_new_tokens, temperature=temperature,
+                               top_p=top_p, seed=seed + start)
+        tokens, lengths = np.asarray(out.tokens), np.asarray(out.lengths)
+        responses += [pre.tokenizer.decode(row[:n], skip_special_tokens=True)
+                      for row, n in zip(tokens, lengths)]
+        outputs.append(out)
+    return (responses, outputs) if return_outputs else responses

@@ -1,0 +1,134 @@
+"""Energy-Driven Steering as an intervention on the transformer's residual stream.
+
+Before block l (for each steered layer, in increasing order) the newest position's state takes
+`num_steps` normalised gradient steps down the layer's energy:
+
+    h <- h - eta * g / (||g||_2 + 1e-8),   g = dE_l/dh   (per row, float32, cast back)
+
+The steered state is what block l sees and what its KV cache stores. The energy returned for each
+layer is the energy before the first step.
+"""
+from __future__ import annotations
+
+from typing import Mapping, Optional, Union
+
+import jax
+import jax.numpy as jnp
+
+from eds_jax.ebm import EBM
+
+_EPS = 1e-8
+
+
+def _unit(g):
+    return g / (jnp.linalg.norm(g, axis=-1, keepdims=True) + _EPS)
+
+
+@jax.tree_util.register_pytree_node_class
+class Steering:
+    """EBMs per layer plus step settings; a pytree whose layer set and step count are static.
+
+    ebms: {layer: EBM}. eta: one step size, or {layer: eta}. num_steps: steps per forward call.
+    dropout_at_inference: upstream's behaviour (EBM in train mode while steering), seeded by
+      `dropout_seed`; off by default so steering is deterministic.
+    true_refusal_ebms / ortho_lambda: upstream's optional "true refusal" EBM: the false-refusal
+      step is orthogonalised against the TR gradient, then `+ ortho_lambda * eta * g_TR` is added.
+    """
+
+    def __init__(self, ebms: Mapping[int, EBM], eta: Union[float, Mapping[int, float]] = 0.1,
+                 num_steps: int = 3, dropout_at_inference: bool = False, dropout_seed: int = 0,
+                 true_refusal_ebms: Optional[Mapping[int, EBM]] = None, ortho_lambda: float = 0.0):
+        if not ebms:
+            raise ValueError("Steering needs at least one EBM ({layer: EBM})")
+        layers = sorted(int(layer) for layer in ebms)
+        if any(layer < 0 for layer in layers):
+            raise ValueError(f"steered layers must be >= 0, got {layers}")
+        etas = dict(eta) if isinstance(eta, Mapping) else {layer: eta for layer in layers}
+        if set(etas) != set(layers):
+            raise ValueError(f"per-layer eta covers layers {sorted(etas)}, but EBMs are for {layers}")
+        for layer, value in etas.items():
+            if not float(value) >= 0:
+                raise ValueError(f"eta must be >= 0, got {value} for layer {layer}")
+        if int(num_steps) < 0:
+            raise ValueError(f"num_steps must be >= 0, got {num_steps}")
+        widths = {layer: ebms[layer].spec.input_dim for layer in layers}
+        if len(set(widths.values())) > 1:
+            raise ValueError(f"EBM input widths differ across layers: {widths}")
+        tr = dict(true_refusal_ebms or {})
+        if tr and set(tr) != set(layers):
+            raise ValueError(f"true-refusal EBMs cover layers {sorted(tr)}, but EBMs are for {layers}")
+        self.ebms = {layer: ebms[layer] for layer in layers}
+        self.etas = {layer: jnp.float32(etas[layer]) for layer in layers}
+        self.true_refusal_ebms = {layer: tr[layer] for layer in layers} if tr else None
+        self.ortho_lambda = jnp.float32(ortho_lambda)
+        self.num_steps = int(num_steps)
+        self.dropout_at_inference = bool(dropout_at_inference)
+        self.dropout_key = jax.random.PRNGKey(dropout_seed)
+
+    # -- pytree -------------------------------------------------------------------------------
+    def tree_flatten(self):
+        children = (self.ebms, self.etas, self.true_refusal_ebms, self.ortho_lambda, self.dropout_key)
+        return children, (self.num_steps, self.dropout_at_inference)
+
+    @classmethod
+    def tree_unflatten(cls, aux, children):
+        obj = object.__new__(cls)
+        (obj.ebms, obj.etas, obj.true_refusal_ebms, obj.ortho_lambda, obj.dropout_key) = children
+        obj.num_steps, obj.dropout_at_inference = aux
+        return obj
+
+    # -- intervention -------------------------------------------------------------------------
+    @property
+    def layers(self) -> tuple[int, ...]:
+        return tuple(self.ebms)
+
+    @property
+    def input_dim(self) -> int:
+        return next(iter(self.ebms.values())).spec.input_dim
+
+    def check_model(self, config) -> None:
+        """Raise a clear error when these EBMs cannot steer a model with `config`."""
+        bad = [layer for layer in self.layers if layer >= config.num_layers]
+        if bad:
+            raise ValueError(f"steered layers {bad} are out of range for a model with "
+                             f"{config.num_layers} layers (expected 0..{config.num_layers - 1})")
+        if self.input_dim != config.hidden_size:
+            raise ValueError(f"EBM input width {self.input_dim} != model hidden size "
+                             f"{config.hidden_size}; these EBMs were trained on another model")
+
+    def at_call(self, call_index) -> "Steering":
+        """The same steering with a dropout key unique to this forward call."""
+        if not self.dropout_at_inference:
+            return self
+        leaves, treedef = jax.tree_util.tree_flatten(self)
+        steered = jax.tree_util.tree_unflatten(treedef, leaves)
+        steered.dropout_key = jax.random.fold_in(self.dropout_key, call_index)
+        return steered
+
+    def __call__(self, layer: int, hidden: jax.Array):
+        """Steer the newest position of `hidden` [B, T, D]; return (hidden, energy before [B])."""
+        ebm, eta = self.ebms[layer], self.etas[layer]
+        tr_ebm = self.true_refusal_ebms[layer] if self.true_refusal_ebms else None
+        layer_key = jax.random.fold_in(self.dropout_key, layer)
+
+        def energy_and_grad(model: EBM, x, key):
+            rng = key if self.dropout_at_inference else None
+            energies, pullback = jax.vjp(lambda h: model.energy(h, rng), x)
+            return energies, pullback(jnp.ones_like(energies))[0]
+
+        def step(x, step_index):
+            key = jax.random.fold_in(layer_key, step_index)
+            energies, g = energy_and_grad(ebm, x, key)
+            direction = _unit(g)
+            if tr_ebm is not None:
+                _, g_tr = energy_and_grad(tr_ebm, x, jax.random.fold_in(key, 1))
+                tr_dir = _unit(g_tr)
+                direction = direction - jnp.sum(direction * tr_dir, -1, keepdims=True) * tr_dir
+                direction = direction - self.ortho_lambda * tr_dir
+            return x - eta * direction, energies
+
+        x = hidden[:, -1].astype(jnp.float32)
+        if self.num_steps == 0:
+            return hidden, ebm.energy(x)
+        x, energies = jax.lax.scan(step, x, jnp.arange(self.num_steps))
+        return hidden.at[:, -1].set(x.astype(hidden.dtype)), energies[0]
