@@ -130,6 +130,5 @@ class Steering:
         x = hidden[:, -1].astype(jnp.float32)
         if self.num_steps == 0:
             return hidden, ebm.energy(x)
-        # unrolled: a device while-loop per layer costs a host round-trip per step on GPU
-        x, energies = jax.lax.scan(step, x, jnp.arange(self.num_steps), unroll=True)
+        x, energies = jax.lax.scan(step, x, jnp.arange(self.num_steps))
         return hidden.at[:, -1].set(x.astype(hidden.dtype)), energies[0]
