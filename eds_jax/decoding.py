@@ -24,7 +24,8 @@ MIN_BUCKET = 32
 class GenerationOutput(NamedTuple):
     tokens: jax.Array  # int32 [B, max_new_tokens]; pad id after EOS
     lengths: jax.Array  # int32 [B]; new tokens up to and including the first EOS
-    energies: Optional[jax.Array]  # float32 [B, max_new_tokens, n_layers]; NaN after EOS
+    energies: Optional[jax.Array]  # float32 [B, max_new_tokens, n_layers] before steering; NaN after EOS
+    energies_after: Optional[jax.Array] = None  # the same, after the steering steps
 
 
 class _DecodeState(NamedTuple):
@@ -58,7 +59,7 @@ def _choose(logits, key, temperature, top_p, sample: bool):
 
 
 def _energies(aux) -> Optional[jax.Array]:
-    return jnp.stack(aux, axis=-1) if aux else None  # [B, n_layers]
+    return jnp.stack(aux, axis=-2) if aux else None  # [B, n_layers, 2]: before, after
 
 
 @functools.partial(jax.jit, static_argnames=("config", "dtype", "max_new_tokens", "eos_ids",
@@ -100,10 +101,11 @@ def _generate(params, input_ids, attention_mask, steering: Optional[Steering], r
     tokens = jnp.concatenate([first[None], tokens], axis=0).T  # [B, N]
     done_before = jnp.concatenate([jnp.zeros((1, batch), bool), done_before], axis=0).T
     lengths = jnp.sum(~done_before, axis=-1).astype(jnp.int32)
-    if first_energy is not None:
-        energies = jnp.concatenate([first_energy[None], energies], axis=0).transpose(1, 0, 2)
-        energies = jnp.where(done_before[..., None], jnp.nan, energies)
-    return GenerationOutput(tokens, lengths, energies if first_energy is not None else None)
+    if first_energy is None:
+        return GenerationOutput(tokens, lengths, None, None)
+    energies = jnp.concatenate([first_energy[None], energies], axis=0).transpose(1, 0, 2, 3)
+    energies = jnp.where(done_before[..., None, None], jnp.nan, energies)
+    return GenerationOutput(tokens, lengths, energies[..., 0], energies[..., 1])
 
 
 def _check_left_padded(mask: np.ndarray) -> None:

@@ -106,7 +106,10 @@ class Steering:
         return steered
 
     def __call__(self, layer: int, hidden: jax.Array):
-        """Steer the newest position of `hidden` [B, T, D]; return (hidden, energy before [B])."""
+        """Steer the newest position of `hidden` [B, T, D].
+
+        Returns (hidden, energies [B, 2]): the energy before the first step and after the last.
+        """
         ebm, eta = self.ebms[layer], self.etas[layer]
         tr_ebm = self.true_refusal_ebms[layer] if self.true_refusal_ebms else None
         layer_key = jax.random.fold_in(self.dropout_key, layer)
@@ -129,6 +132,9 @@ class Steering:
 
         x = hidden[:, -1].astype(jnp.float32)
         if self.num_steps == 0:
-            return hidden, ebm.energy(x)
-        x, energies = jax.lax.scan(step, x, jnp.arange(self.num_steps))
-        return hidden.at[:, -1].set(x.astype(hidden.dtype)), energies[0]
+            energy = ebm.energy(x)
+            return hidden, jnp.stack([energy, energy], axis=-1)
+        steered, energies = jax.lax.scan(step, x, jnp.arange(self.num_steps))
+        steered = steered.astype(hidden.dtype)
+        after = ebm.energy(steered.astype(jnp.float32))
+        return hidden.at[:, -1].set(steered), jnp.stack([energies[0], after], axis=-1)

