@@ -1,0 +1,84 @@
+"""Shared fixtures: tiny random transformers checkpoints and the real SmolLM2 GGUF."""
+import os
+import sys
+
+import numpy as np
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+SHARED_DATA = os.path.join(os.path.dirname(ROOT), "shared", "data")
+
+
+def make_checkpoint(directory, family="llama", dtype="float32", seed=0, max_shard_size=None, **overrides):
+    """Random-init a transformers model from a tiny config and save_pretrained it; return the model."""
+    import torch
+    import transformers
+    torch.manual_seed(seed)
+    base = dict(vocab_size=160, hidden_size=64, intermediate_size=96, num_hidden_layers=3,
+                num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=1024,
+                eos_token_id=None, bos_token_id=None, pad_token_id=None)
+    base.update(overrides)
+    if family == "llama":
+        config = transformers.LlamaConfig(**base)
+        model = transformers.LlamaForCausalLM(config)
+    else:
+        config = transformers.Qwen3Config(**base)
+        model = transformers.Qwen3ForCausalLM(config)
+    with torch.no_grad():  # non-trivial norms and biases, so a missed parameter shows
+        for name, p in model.named_parameters():
+            if name.endswith("norm.weight"):
+                p.add_(0.1 * torch.randn_like(p))
+            elif name.endswith("bias"):
+                p.normal_(0, 0.05)
+    model = model.eval()
+    save = model.to(getattr(torch, dtype))
+    kwargs = {"max_shard_size": max_shard_size} if max_shard_size else {}
+    save.save_pretrained(directory, **kwargs)
+    return model
+
+
+def left_padded_batch(vocab, lengths, seed=0):
+    rng = np.random.RandomState(seed)
+    width = max(lengths)
+    ids = np.zeros((len(lengths), width), np.int32)
+    mask = np.zeros((len(lengths), width), np.int32)
+    for row, n in enumerate(lengths):
+        ids[row, width - n:] = rng.randint(0, vocab, n)
+        mask[row, width - n:] = 1
+    return ids, mask
+
+
+@pytest.fixture(scope="session")
+def smollm2_path():
+    import models
+    return models.smollm2_gguf_path()
+
+
+@pytest.fixture(scope="session")
+def smollm2(smollm2_path):
+    import models
+    return models.load_pretrained(smollm2_path, dtype="float32")
+
+
+@pytest.fixture(scope="session")
+def smollm2_torch(smollm2_path):
+    import torch
+    from transformers import AutoModelForCausalLM
+    return AutoModelForCausalLM.from_pretrained(
+        os.path.dirname(smollm2_path), gguf_file=os.path.basename(smollm2_path),
+        dtype=torch.float32).eval()
+
+
+@pytest.fixture(scope="session")
+def smollm2_torch_tokenizer(smollm2_path):
+    from transformers import AutoTokenizer
+    return AutoTokenizer.from_pretrained(os.path.dirname(smollm2_path),
+                                         gguf_file=os.path.basename(smollm2_path))
+
+
+@pytest.fixture(scope="session")
+def tiny_llama_dir(tmp_path_factory):
+    directory = str(tmp_path_factory.mktemp("tiny_llama"))
+    make_checkpoint(directory)
+    return directory
