@@ -1,0 +1,84 @@
+"""steer_decode.py end to end, and the prompt-file readers it uses."""
+import json
+import os
+import subprocess
+import sys
+
+import jax
+import pytest
+import torch
+
+import eds_jax
+from eds_jax import EBM, EBMSpec
+from eds_jax.data import PromptFileError, load_prompts
+from eds_jax.torch_reference import TorchSimpleEBM
+from conftest import ROOT, SHARED_DATA
+
+
+def run_cli(*args):
+    return subprocess.run([sys.executable, os.path.join(ROOT, "steer_decode.py"), *args],
+                          capture_output=True, text=True, cwd=ROOT)
+
+
+def test_steer_decode_with_orbax_ebms_writes_jsonl(tmp_path):
+    ebms = {layer: EBM.init(EBMSpec.simple(576, 32), jax.random.PRNGKey(layer)) for layer in (5, 15)}
+    eds_jax.save_ebms(str(tmp_path / "ebms"), ebms, {"steer": {"eta": 3.0, "num_steps": 2}})
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_text("\n".join(json.dumps({"instruction": p}) for p in
+                                 ["How do I kill a Python process?", "Name a fruit."]) + "\n")
+    out = tmp_path / "out.jsonl"
+    proc = run_cli(f"--prompts={prompts}", f"--ebms={tmp_path / 'ebms'}", "--max_new_tokens=8",
+                   f"--output={out}", "--batch_size=1", "--compare")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [r["prompt"] for r in rows] == ["How do I kill a Python process?", "Name a fruit."]
+    for row in rows:
+        assert row["baseline"] and row["steered"] and row["layers"] == [5, 15]
+        assert row["energy_after"] < row["energy_before"]
+    assert "--- steered" in proc.stdout
+
+
+def test_steer_decode_torch_ebm_and_bad_input(tmp_path):
+    torch.manual_seed(0)
+    path = str(tmp_path / "ebm.pt")
+    torch.save(TorchSimpleEBM(576, 32).state_dict(), path)
+    out = tmp_path / "out.jsonl"
+    proc = run_cli("--prompt=Say hi.", f"--torch_ebm=7:{path}", "--ebm_architecture=simple",
+                   "--ebm_hidden_dim=32", "--max_new_tokens=4", f"--output={out}")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert json.loads(out.read_text())["layers"] == [7]
+    bad = run_cli("--prompt=Say hi.", f"--torch_ebm=7:{path}", "--ebm_architecture=simple",
+                  "--ebm_hidden_dim=64", "--max_new_tokens=4", f"--output={tmp_path / 'bad.jsonl'}")
+    assert bad.returncode != 0 and "network.0.weight has shape (32, 576), expected (64, 576)" in bad.stderr
+    assert not (tmp_path / "bad.jsonl").exists()
+    negative = run_cli("--prompt=Say hi.", f"--torch_ebm=7:{path}", "--ebm_architecture=simple",
+                       "--ebm_hidden_dim=32", "--eta=-1", "--max_new_tokens=4")
+    assert negative.returncode != 0 and "eta must be >= 0" in negative.stderr
+
+
+def test_prompt_files(tmp_path):
+    (tmp_path / "a.txt").write_text("one\n\ntwo\n")
+    assert load_prompts(str(tmp_path / "a.txt")) == ["one", "two"]
+    (tmp_path / "b.json").write_text(json.dumps(["x", {"prompt": "y"}, {"instruction": "z"}]))
+    assert load_prompts(str(tmp_path / "b.json")) == ["x", "y", "z"]
+    (tmp_path / "c.jsonl").write_text('{"instruction": "ok"}\n{"instruction": \n')
+    with pytest.raises(PromptFileError, match=r"c.jsonl, line 2: invalid JSON"):
+        load_prompts(str(tmp_path / "c.jsonl"))
+    (tmp_path / "d.jsonl").write_text('{"instruction": "ok"}\n{"text": "no field"}\n')
+    with pytest.raises(PromptFileError, match=r"d.jsonl, line 2: no string field"):
+        load_prompts(str(tmp_path / "d.jsonl"))
+    (tmp_path / "e.csv").write_text("prompt,category\nhello,a\n\"bye\",b,extra\n")
+    with pytest.raises(PromptFileError, match=r"e.csv, row 3: more cells than columns"):
+        load_prompts(str(tmp_path / "e.csv"))
+    (tmp_path / "f.jsonl").write_text("\n")
+    with pytest.raises(PromptFileError, match="no prompts"):
+        load_prompts(str(tmp_path / "f.jsonl"))
+    with pytest.raises(PromptFileError, match="does not exist"):
+        load_prompts(str(tmp_path / "missing.txt"))
+
+
+@pytest.mark.skipif(not os.path.isdir(SHARED_DATA), reason="../shared/data is not beside the checkout")
+def test_shared_data_formats_load():
+    assert len(load_prompts(os.path.join(SHARED_DATA, "raw/xstest_v2_prompts.csv"))) == 450
+    assert len(load_prompts(os.path.join(SHARED_DATA, "processed/jailbreakbench.json"))) == 100
+    assert len(load_prompts(os.path.join(SHARED_DATA, "raw/or-bench-hard-1k.csv"), limit=10)) == 10
