@@ -76,7 +76,8 @@ def build_steering(hidden_size: int):
     eta = FLAGS.eta if FLAGS.eta is not None else defaults.get("eta", 0.1)
     steps = FLAGS.num_steps if FLAGS.num_steps is not None else defaults.get("num_steps", 3)
     steering = eds_jax.Steering(ebms, eta=eta, num_steps=steps,
-                                dropout_at_inference=FLAGS.dropout_at_inference, dropout_seed=FLAGS.seed)
+                                dropout_at_inference=FLAGS.dropout_at_inference, dropout_seed=FLAGS.seed,
+                                record_energy_after=True)
     return steering, metadata
 
 

@@ -25,7 +25,7 @@ class GenerationOutput(NamedTuple):
     tokens: jax.Array  # int32 [B, max_new_tokens]; pad id after EOS
     lengths: jax.Array  # int32 [B]; new tokens up to and including the first EOS
     energies: Optional[jax.Array]  # float32 [B, max_new_tokens, n_layers] before steering; NaN after EOS
-    energies_after: Optional[jax.Array] = None  # the same, after the steering steps
+    energies_after: Optional[jax.Array] = None  # after the steps, if steering.record_energy_after
 
 
 class _DecodeState(NamedTuple):
@@ -105,7 +105,8 @@ def _generate(params, input_ids, attention_mask, steering: Optional[Steering], r
         return GenerationOutput(tokens, lengths, None, None)
     energies = jnp.concatenate([first_energy[None], energies], axis=0).transpose(1, 0, 2, 3)
     energies = jnp.where(done_before[..., None, None], jnp.nan, energies)
-    return GenerationOutput(tokens, lengths, energies[..., 0], energies[..., 1])
+    after = energies[..., 1] if steering.record_energy_after else None
+    return GenerationOutput(tokens, lengths, energies[..., 0], after)
 
 
 def _check_left_padded(mask: np.ndarray) -> None:

@@ -37,7 +37,8 @@ class Steering:
 
     def __init__(self, ebms: Mapping[int, EBM], eta: Union[float, Mapping[int, float]] = 0.1,
                  num_steps: int = 3, dropout_at_inference: bool = False, dropout_seed: int = 0,
-                 true_refusal_ebms: Optional[Mapping[int, EBM]] = None, ortho_lambda: float = 0.0):
+                 true_refusal_ebms: Optional[Mapping[int, EBM]] = None, ortho_lambda: float = 0.0,
+                 record_energy_after: bool = False):
         if not ebms:
             raise ValueError("Steering needs at least one EBM ({layer: EBM})")
         layers = sorted(int(layer) for layer in ebms)
@@ -64,17 +65,18 @@ class Steering:
         self.num_steps = int(num_steps)
         self.dropout_at_inference = bool(dropout_at_inference)
         self.dropout_key = jax.random.PRNGKey(dropout_seed)
+        self.record_energy_after = bool(record_energy_after)
 
     # -- pytree -------------------------------------------------------------------------------
     def tree_flatten(self):
         children = (self.ebms, self.etas, self.true_refusal_ebms, self.ortho_lambda, self.dropout_key)
-        return children, (self.num_steps, self.dropout_at_inference)
+        return children, (self.num_steps, self.dropout_at_inference, self.record_energy_after)
 
     @classmethod
     def tree_unflatten(cls, aux, children):
         obj = object.__new__(cls)
         (obj.ebms, obj.etas, obj.true_refusal_ebms, obj.ortho_lambda, obj.dropout_key) = children
-        obj.num_steps, obj.dropout_at_inference = aux
+        obj.num_steps, obj.dropout_at_inference, obj.record_energy_after = aux
         return obj
 
     # -- intervention -------------------------------------------------------------------------
@@ -108,7 +110,8 @@ class Steering:
     def __call__(self, layer: int, hidden: jax.Array):
         """Steer the newest position of `hidden` [B, T, D].
 
-        Returns (hidden, energies [B, 2]): the energy before the first step and after the last.
+        Returns (hidden, energies [B, 2]): the energy before the first step and after the last
+        (NaN unless `record_energy_after`).
         """
         ebm, eta = self.ebms[layer], self.etas[layer]
         tr_ebm = self.true_refusal_ebms[layer] if self.true_refusal_ebms else None
@@ -136,5 +139,6 @@ class Steering:
             return hidden, jnp.stack([energy, energy], axis=-1)
         steered, energies = jax.lax.scan(step, x, jnp.arange(self.num_steps))
         steered = steered.astype(hidden.dtype)
-        after = ebm.energy(steered.astype(jnp.float32))
+        after = (ebm.energy(steered.astype(jnp.float32)) if self.record_energy_after
+                 else jnp.full_like(energies[0], jnp.nan))
         return hidden.at[:, -1].set(steered), jnp.stack([energies[0], after], axis=-1)

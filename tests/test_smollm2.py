@@ -124,7 +124,8 @@ def test_steering_matches_pytorch_hooks_token_for_token(smollm2, smollm2_torch, 
     eta, steps = 4.0, 3
     ids, mask = _batch(smollm2)
     steered = eds_jax.steered_generate(smollm2, ids, mask, max_new_tokens=NEW_TOKENS,
-                                       steering=eds_jax.Steering(jax_ebms, eta=eta, num_steps=steps))
+                                       steering=eds_jax.Steering(jax_ebms, eta=eta, num_steps=steps,
+                                                                  record_energy_after=True))
     plain = eds_jax.steered_generate(smollm2, ids, mask, max_new_tokens=NEW_TOKENS)
     handles = add_steering_hooks(smollm2_torch, torch_ebms, eta, steps)
     try:

@@ -77,7 +77,8 @@ def test_zero_gradient_gives_no_nan():
     ebm = EBM.init(EBMSpec.simple(D, 16), jax.random.PRNGKey(0))
     flat = jax.tree_util.tree_map(jnp.zeros_like, ebm.params)
     h = jnp.ones((2, 3, D))
-    steered, energies = Steering({1: EBM(flat, ebm.spec)}, eta=0.5, num_steps=3)(1, h)
+    steered, energies = Steering({1: EBM(flat, ebm.spec)}, eta=0.5, num_steps=3,
+                                 record_energy_after=True)(1, h)
     assert np.isfinite(np.asarray(steered)).all() and np.isfinite(np.asarray(energies)).all()
     np.testing.assert_array_equal(np.asarray(steered), np.asarray(h))
 
@@ -153,7 +154,7 @@ def test_steering_checks_model_and_arguments(tiny):
 def test_steering_in_forward_changes_only_the_last_position(tiny):
     ids, mask = left_padded_batch(tiny.config.vocab_size, [6, 4])
     ebm = EBM.init(EBMSpec.simple(D, 16), jax.random.PRNGKey(0))
-    steering = Steering({1: ebm}, eta={1: 0.8}, num_steps=2)
+    steering = Steering({1: ebm}, eta={1: 0.8}, num_steps=2, record_energy_after=True)
     plain = models.forward(tiny, ids, mask, output_hidden_states=True)
     steered = models.forward(tiny, ids, mask, output_hidden_states=True, intervention=steering)
     for i in (0,):
@@ -170,7 +171,7 @@ def test_steered_generate_returns_energies_and_per_layer_eta(tiny):
     ids, mask = left_padded_batch(tiny.config.vocab_size, [7, 5])
     ebms = {0: EBM.init(EBMSpec.simple(D, 16), jax.random.PRNGKey(0)),
             2: EBM.init(EBMSpec.complex(D, (16, 8), 0.15, True), jax.random.PRNGKey(1))}
-    out = eds_jax.steered_generate(tiny, ids, mask, steering=Steering(ebms, eta={0: 0.5, 2: 0.0}),
+    out = eds_jax.steered_generate(tiny, ids, mask, steering=Steering(ebms, eta={0: 0.5, 2: 0.0}, record_energy_after=True),
                                    max_new_tokens=5)
     energies = np.asarray(out.energies)
     assert energies.shape == (2, 5, 2) and energies.dtype == np.float32
