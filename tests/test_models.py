@@ -187,3 +187,22 @@ def test_runtime_import_does_not_import_torch():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
                          cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     assert out.stdout.strip() == "False"
+
+
+def test_hub_id_loads_from_the_local_cache(tmp_path, monkeypatch):
+    """A hub id is resolved in the local HF cache only (the layout huggingface_hub writes)."""
+    import shutil
+    source = str(tmp_path / "src")
+    make_checkpoint(source, seed=4)
+    repo = tmp_path / "hub" / "models--acme--tiny-llama"
+    revision = "0123456789abcdef0123456789abcdef01234567"
+    shutil.copytree(source, repo / "snapshots" / revision)
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text(revision)
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub"))
+    monkeypatch.setattr("huggingface_hub.constants.HF_HUB_CACHE", str(tmp_path / "hub"))
+    cached = models.load_pretrained("acme/tiny-llama", dtype="float32")
+    direct = models.load_pretrained(source, dtype="float32")
+    jax.tree_util.tree_map(np.testing.assert_array_equal, cached.params, direct.params)
+    with pytest.raises(models.CheckpointError, match="local Hugging Face cache"):
+        models.load_pretrained("acme/other-model", dtype="float32")
