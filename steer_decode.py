@@ -143,6 +143,8 @@ def run() -> list[dict]:
 
 
 def main(argv):
+    if not FLAGS["verbosity"].present:
+        logging.set_verbosity(logging.WARNING)  # orbax and jax log at INFO; -v 0 shows them
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     run()

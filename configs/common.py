@@ -1,0 +1,52 @@
+"""Defaults shared by every model config; each file in configs/ starts from `base_config()`."""
+import ml_collections
+
+SHARED = "../shared/data"
+
+
+def source(path, field="instruction", limit=0):
+    """One prompt source: a JSON/JSONL/CSV/txt file, the field holding the prompt, how many (0 = all)."""
+    return ml_collections.ConfigDict({"path": path, "field": field, "limit": limit})
+
+
+def base_config():
+    c = ml_collections.ConfigDict()
+    c.model = ml_collections.ConfigDict({"source": "", "dtype": "bfloat16"})
+    c.data = ml_collections.ConfigDict({
+        # benign prompts, including seemingly toxic ones (OR-Bench-Hard, XSTest-safe)
+        "benign": [source(f"{SHARED}/splits/harmless_train.json", limit=1000),
+                   source(f"{SHARED}/splits/or_bench_hard_train.json"),
+                   source(f"{SHARED}/splits/xstest_safe_train.json")],
+        "harmful": [source(f"{SHARED}/splits/harmful_train.json"),
+                    source(f"{SHARED}/splits/xstest_unsafe_train.json")],
+        "seed": 0,
+    })
+    c.collect = ml_collections.ConfigDict({
+        "max_new_tokens": 64,  # long enough for the judge to see a refusal phrase
+        "batch_size": 16,
+        "system": ml_collections.FieldReference(None, field_type=str),
+        "judge": "substring",  # eds_jax.judge.JUDGES
+    })
+    c.ebm = ml_collections.ConfigDict({
+        "architecture": "complex",
+        "hidden_dim": 512,  # simple
+        "hidden_dims": (2048, 1024, 1024, 512),  # complex
+        "dropout_rate": 0.15,
+        "use_layernorm": True,
+    })
+    c.train = ml_collections.ConfigDict({
+        "epochs": 20,
+        "batch_size": 64,
+        "learning_rate": 5e-5,
+        "temperature": 0.1,
+        "seed": 0,
+        "val_fraction": 0.2,
+        "select_by": "auc",  # or "sign_accuracy" (upstream)
+    })
+    c.steer = ml_collections.ConfigDict({"top_n_layers": 15, "eta": 0.1, "num_steps": 3})
+    c.mesh = ml_collections.ConfigDict({"data": -1, "model": 1})  # -1: all remaining devices
+    c.distributed = ml_collections.ConfigDict({
+        "initialize": False,  # call jax.distributed.initialize (TPU pods: arguments from the environment)
+        "coordinator_address": "", "num_processes": 0, "process_id": -1,
+    })
+    return c

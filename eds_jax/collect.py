@@ -1,0 +1,154 @@
+"""Collection: prompts -> the model's own greedy responses -> judge -> good/bad labels -> activations.
+
+Labels (DESIGN.md section 1):
+  benign + complied -> good (1)   benign + refused -> bad (0)
+  harmful + refused -> good (1)   harmful + complied -> bad (0)
+Activations are the hidden state at the last prompt token at the input of every block, taken in one
+forward pass per batch. Everything is cached in the work directory; a rerun with the same inputs
+reuses it.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+from typing import Callable, Optional, Sequence
+
+import numpy as np
+
+from eds_jax.data import load_prompts
+from eds_jax.decoding import bucket_length, chat_prompts, generate_text
+
+BENIGN, HARMFUL = "benign", "harmful"
+
+
+class LabelError(ValueError):
+    """The labelled data cannot train an EBM (no positives or no negatives)."""
+
+
+@dataclasses.dataclass
+class Collection:
+    prompts: list[str]
+    kinds: list[str]  # "benign" | "harmful"
+    responses: list[str]
+    refused: np.ndarray  # bool [N]
+    labels: np.ndarray  # int8 [N]: 1 good, 0 bad
+    activations: np.ndarray  # float32 [N, L, D]: input of block l at the last prompt token
+
+    def counts(self) -> dict[str, int]:
+        kinds = np.asarray(self.kinds)
+        return {f"{kind}_{'refused' if r else 'complied'}": int(np.sum((kinds == kind) & (self.refused == r)))
+                for kind in (BENIGN, HARMFUL) for r in (False, True)} | {
+            "good": int(self.labels.sum()), "bad": int((1 - self.labels).sum())}
+
+
+def label(kind: str, refused: bool) -> int:
+    if kind == BENIGN:
+        return 0 if refused else 1
+    if kind == HARMFUL:
+        return 1 if refused else 0
+    raise ValueError(f"prompt kind {kind!r} is neither {BENIGN!r} nor {HARMFUL!r}")
+
+
+def read_sources(sources: Sequence, seed: int) -> list[str]:
+    """Prompts from each source ({path, field, limit}); `limit` > 0 samples that many with `seed`."""
+    prompts = []
+    for source in sources:
+        rows = load_prompts(source["path"], source.get("field") or None)
+        limit = int(source.get("limit") or 0)
+        if 0 < limit < len(rows):
+            picked = np.random.RandomState(seed).choice(len(rows), limit, replace=False)
+            rows = [rows[i] for i in sorted(picked)]
+        prompts += rows
+    return prompts
+
+
+def last_token_activations(pre, prompts: Sequence[str], system: Optional[str], batch_size: int,
+                           progress: bool = True) -> np.ndarray:
+    """[N, L, D] float32: the input of every block at the last prompt token, one forward per batch."""
+    import models
+    texts = chat_prompts(pre.tokenizer, prompts, system)
+    starts = range(0, len(texts), batch_size)
+    if progress:
+        from tqdm.auto import tqdm
+        starts = tqdm(starts, desc="activations", unit="batch")
+    chunks = []
+    for start in starts:
+        enc = pre.tokenizer(texts[start:start + batch_size], return_tensors="np", padding=True,
+                            add_special_tokens=False)
+        ids, mask = enc["input_ids"], enc["attention_mask"]
+        pad = bucket_length(ids.shape[1]) - ids.shape[1]  # one compile per length bucket
+        ids = np.pad(ids, ((0, 0), (pad, 0)), constant_values=pre.pad_token_id)
+        mask = np.pad(mask, ((0, 0), (pad, 0)))
+        out = models.forward(pre, ids, mask, output_hidden_states=True)
+        per_layer = [np.asarray(h[:, -1], np.float32) for h in out.hidden_states[:pre.config.num_layers]]
+        chunks.append(np.stack(per_layer, axis=1))
+    return np.concatenate(chunks)
+
+
+def _fingerprint(pre, prompts, kinds, collect_config) -> str:
+    payload = json.dumps({"model": pre.source, "dtype": pre.dtype, "prompts": prompts, "kinds": kinds,
+                          "max_new_tokens": collect_config["max_new_tokens"],
+                          "system": collect_config["system"], "judge": collect_config["judge"]})
+    return hashlib.sha256(payload.encode()).hexdigest()[:16]
+
+
+def collect(pre, benign: Sequence[str], harmful: Sequence[str], directory: str, collect_config,
+            judge: Callable[[str], bool]) -> Collection:
+    """Generate, judge, label and extract, or reuse what `directory` already holds for these inputs."""
+    if not benign and not harmful:
+        raise LabelError("no prompts: both the benign and the harmful sources are empty")
+    prompts = list(benign) + list(harmful)
+    kinds = [BENIGN] * len(benign) + [HARMFUL] * len(harmful)
+    os.makedirs(directory, exist_ok=True)
+    key = _fingerprint(pre, prompts, kinds, collect_config)
+    responses_path = os.path.join(directory, f"responses-{key}.jsonl")
+    activations_path = os.path.join(directory, f"activations-{key}.npz")
+    system = collect_config["system"]
+    batch_size = int(collect_config["batch_size"])
+
+    if os.path.isfile(responses_path):
+        with open(responses_path) as f:
+            responses = [json.loads(line)["response"] for line in f]
+    else:
+        responses = generate_text(pre, prompts, system=system,
+                                  max_new_tokens=int(collect_config["max_new_tokens"]),
+                                  batch_size=batch_size, progress=True)
+        refused = [judge(r) for r in responses]
+        _write_atomically(responses_path, "".join(
+            json.dumps({"prompt": p, "kind": k, "response": r, "refused": bool(x),
+                        "label": label(k, x)}, ensure_ascii=False) + "\n"
+            for p, k, r, x in zip(prompts, kinds, responses, refused)))
+    refused = np.array([judge(r) for r in responses], bool)
+    labels = np.array([label(k, r) for k, r in zip(kinds, refused)], np.int8)
+
+    if os.path.isfile(activations_path):
+        activations = np.load(activations_path)["activations"]
+    else:
+        activations = last_token_activations(pre, prompts, system, batch_size)
+        tmp = activations_path + ".tmp.npz"
+        np.savez(tmp, activations=activations, labels=labels)
+        os.replace(tmp, activations_path)
+    return Collection(prompts, kinds, responses, refused, labels, activations)
+
+
+def check_labels(collection: Collection) -> None:
+    """Both classes are needed for InfoNCE; say which is missing and what to change."""
+    counts = collection.counts()
+    if counts["good"] == 0:
+        raise LabelError(f"no positives (good states) after labelling: {counts}. The model complied "
+                         "with every harmful prompt and refused every benign one; add benign prompts "
+                         "it answers, or check the judge.")
+    if counts["bad"] == 0:
+        raise LabelError(f"no negatives (bad states) after labelling: {counts}. The model refused no "
+                         "benign prompt and complied with no harmful one; add seemingly toxic benign "
+                         "prompts (OR-Bench-Hard, XSTest-safe) or harmful ones it answers, or raise "
+                         "collect.max_new_tokens so refusals are seen.")
+
+
+def _write_atomically(path: str, text: str) -> None:
+    tmp = path + ".tmp"
+    with open(tmp, "w", encoding="utf-8") as f:
+        f.write(text)
+    os.replace(tmp, path)

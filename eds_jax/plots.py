@@ -1,0 +1,43 @@
+"""PNG figures for a training run: validation AUC per layer, energy histograms of chosen layers."""
+from __future__ import annotations
+
+import numpy as np
+
+
+def _pyplot():
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    return plt
+
+
+def plot_layer_quality(path: str, layers, auc, sign_accuracy, chosen) -> None:
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(max(6, 0.3 * len(layers)), 3.5))
+    colours = ["tab:orange" if layer in chosen else "tab:blue" for layer in layers]
+    ax.bar(layers, auc, color=colours, label="validation AUC (orange: chosen)")
+    ax.plot(layers, sign_accuracy, "k.", label="sign accuracy (upstream)")
+    ax.axhline(0.5, color="grey", lw=0.8, ls="--")
+    ax.set(xlabel="layer (input of block)", ylabel="best-epoch score", ylim=(0, 1.02))
+    ax.legend(loc="lower right", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def plot_energy_histograms(path: str, layers, energy_good, energy_bad) -> None:
+    """energy_good/bad: per chosen layer, validation energies of good and bad states."""
+    plt = _pyplot()
+    fig, axes = plt.subplots(1, len(layers), figsize=(3.2 * len(layers), 2.8), squeeze=False)
+    for ax, layer, good, bad in zip(axes[0], layers, energy_good, energy_bad):
+        values = np.concatenate([good, bad])
+        spread = max(float(np.ptp(values)), 1e-3 * max(1.0, float(np.abs(values).max())))
+        bins = np.linspace(values.min() - 0.05 * spread, values.max() + 0.05 * spread, 21)
+        ax.hist(good, bins=bins, alpha=0.6, label="good")
+        ax.hist(bad, bins=bins, alpha=0.6, label="bad")
+        ax.set_title(f"layer {layer}", fontsize=9)
+        ax.set_xlabel("energy")
+    axes[0][0].legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)

@@ -1,0 +1,132 @@
+"""Train EDS energy models: collect -> label -> extract -> InfoNCE per layer -> choose layers -> save.
+
+  python train_ebm.py                                   # embedded default: SmolLM2 GGUF, own prompts
+  python train_ebm.py --config=configs/llama31_8b_instruct.py --workdir=runs/llama --config.train.epochs=3
+
+Outputs in --workdir: collect/ (responses + activations cache), checkpoints/ (orbax training state,
+resumed after a kill), metrics.jsonl, layer_quality.png, energy_histograms.png, and ebms/ (the
+chosen layers, read by `steer_decode.py --ebms=WORKDIR/ebms`).
+"""
+from __future__ import annotations
+
+import os
+import sys
+import time
+
+from absl import app, flags, logging
+from ml_collections import config_flags
+
+ROOT = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, ROOT)
+
+config_flags.DEFINE_config_file("config", os.path.join(ROOT, "configs", "smollm2_135m.py"),
+                                "ml_collections config file (configs/*.py)")
+flags.DEFINE_string("workdir", "workdir", "output directory")
+FLAGS = flags.FLAGS
+
+
+def resolve_model_source(source: str) -> str:
+    import models
+    if source == "embedded:smollm2":
+        return models.smollm2_gguf_path()
+    if not source:
+        raise app.UsageError("config.model.source is empty; give --config.model.source=DIR|FILE|HUB_ID")
+    return source
+
+
+def maybe_initialize_distributed(cfg) -> None:
+    import jax
+    d = cfg.distributed
+    if not d.initialize:
+        return
+    kwargs = {}
+    if d.coordinator_address:
+        kwargs = dict(coordinator_address=d.coordinator_address, num_processes=d.num_processes,
+                      process_id=d.process_id)
+    jax.distributed.initialize(**kwargs)  # on TPU pods the arguments come from the environment
+    logging.info("process %d of %d", jax.process_index(), jax.process_count())
+
+
+def summary_table(layers, result, chosen) -> str:
+    m = result["metrics"]
+    lines = ["| layer | val AUC | sign acc | val loss | best epoch | chosen |", "|---|---|---|---|---|---|"]
+    for i, layer in enumerate(layers):
+        lines.append(f"| {layer} | {m['auc'][i]:.3f} | {m['sign_accuracy'][i]:.3f} | {m['loss'][i]:.4f} | "
+                     f"{int(result['best_epoch'][i])} | {'yes' if layer in chosen else ''} |")
+    return "\n".join(lines)
+
+
+def run(cfg, workdir: str) -> dict:
+    import jax
+    import numpy as np
+    import models
+    import eds_jax
+    from eds_jax import collect as collection_lib
+    from eds_jax import plots, training
+    from eds_jax.ebm import EBMSpec
+    from eds_jax.judge import get_judge
+
+    start = time.time()
+    maybe_initialize_distributed(cfg)
+    os.makedirs(workdir, exist_ok=True)
+    mesh = training.make_mesh(cfg.mesh.data, cfg.mesh.model)
+    pre = models.load_pretrained(resolve_model_source(cfg.model.source), dtype=cfg.model.dtype)
+    benign = collection_lib.read_sources(cfg.data.benign, cfg.data.seed)
+    harmful = collection_lib.read_sources(cfg.data.harmful, cfg.data.seed)
+    data = collection_lib.collect(pre, benign, harmful, os.path.join(workdir, "collect"),
+                                  cfg.collect.to_dict(), get_judge(cfg.collect.judge))
+    counts = data.counts()
+    logging.info("label counts: %s", counts)
+    print(f"label counts: {counts}")
+    collection_lib.check_labels(data)
+
+    if cfg.ebm.architecture == "simple":
+        spec = EBMSpec.simple(pre.config.hidden_size, cfg.ebm.hidden_dim)
+    else:
+        spec = EBMSpec.complex(pre.config.hidden_size, tuple(cfg.ebm.hidden_dims), cfg.ebm.dropout_rate,
+                               cfg.ebm.use_layernorm)
+    layers = list(range(pre.config.num_layers))
+    train_config = training.TrainConfig(cfg.train.epochs, cfg.train.batch_size, cfg.train.learning_rate,
+                                        cfg.train.temperature, cfg.train.seed, cfg.train.select_by)
+    result = training.train_layers(data.activations, data.labels, layers, spec, train_config,
+                                   cfg.train.val_fraction, mesh, workdir, log=logging.info)
+    training.write_metrics(os.path.join(workdir, "metrics.jsonl"), result["history"])
+
+    scores = result["metrics"][cfg.train.select_by]
+    top_n = min(int(cfg.steer.top_n_layers), len(layers))
+    ranked = np.lexsort((result["metrics"]["loss"], -scores))  # ties broken by validation loss
+    chosen = sorted(int(layers[i]) for i in ranked[:top_n])
+    index = {layer: i for i, layer in enumerate(layers)}
+    validation = {str(layer): {"auc": float(result["metrics"]["auc"][index[layer]]),
+                               "sign_accuracy": float(result["metrics"]["sign_accuracy"][index[layer]]),
+                               "loss": float(result["metrics"]["loss"][index[layer]]),
+                               "best_epoch": int(result["best_epoch"][index[layer]])} for layer in chosen}
+    metadata = {"model": pre.source, "model_family": pre.family, "hidden_size": pre.config.hidden_size,
+                "selected_by": cfg.train.select_by, "validation": validation, "label_counts": counts,
+                "split_counts": result["counts"],
+                "steer": {"eta": float(cfg.steer.eta), "num_steps": int(cfg.steer.num_steps)},
+                "train": cfg.train.to_dict()}
+    ebms = {layer: result["trainer"].layer_ebm(result["params"], index[layer]) for layer in chosen}
+    if jax.process_index() == 0:
+        eds_jax.save_ebms(os.path.join(workdir, "ebms"), ebms, metadata, overwrite=True)
+        plots.plot_layer_quality(os.path.join(workdir, "layer_quality.png"), layers,
+                                 result["metrics"]["auc"], result["metrics"]["sign_accuracy"], chosen)
+        good, bad = result["val_energies"]
+        plots.plot_energy_histograms(os.path.join(workdir, "energy_histograms.png"), chosen,
+                                     [good[index[l]] for l in chosen], [bad[index[l]] for l in chosen])
+    print(summary_table(layers, result, chosen))
+    print(f"chosen layers ({cfg.train.select_by}): {chosen}; EBMs in {os.path.join(workdir, 'ebms')}; "
+          f"wall time {time.time() - start:.0f} s")
+    return {"chosen": chosen, "result": result, "counts": counts}
+
+
+def main(argv):
+    if not FLAGS["verbosity"].present:
+        logging.set_verbosity(logging.WARNING)  # orbax and jax log at INFO; -v 0 shows them
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    run(FLAGS.config, FLAGS.workdir)
+
+
+if __name__ == "__main__":
+    app.run(main)
