@@ -14,11 +14,13 @@ def base_config():
     c.model = ml_collections.ConfigDict({"source": "", "dtype": "bfloat16"})
     c.data = ml_collections.ConfigDict({
         # benign prompts, including seemingly toxic ones (OR-Bench-Hard, XSTest-safe)
-        "benign": [source(f"{SHARED}/splits/harmless_train.json", limit=1000),
-                   source(f"{SHARED}/splits/or_bench_hard_train.json"),
-                   source(f"{SHARED}/splits/xstest_safe_train.json")],
-        "harmful": [source(f"{SHARED}/splits/harmful_train.json"),
-                    source(f"{SHARED}/splits/xstest_unsafe_train.json")],
+        # named sources, so each is overridable: --config.data.benign.or_bench_hard.limit=200;
+        # a source with an empty path is skipped
+        "benign": {"harmless": source(f"{SHARED}/splits/harmless_train.json", limit=1000),
+                   "or_bench_hard": source(f"{SHARED}/splits/or_bench_hard_train.json"),
+                   "xstest_safe": source(f"{SHARED}/splits/xstest_safe_train.json")},
+        "harmful": {"harmful": source(f"{SHARED}/splits/harmful_train.json"),
+                    "xstest_unsafe": source(f"{SHARED}/splits/xstest_unsafe_train.json")},
         "seed": 0,
     })
     c.collect = ml_collections.ConfigDict({

@@ -16,8 +16,8 @@ def get_config():
     c = base_config()
     c.model.source = "embedded:smollm2"
     c.model.dtype = "float32"
-    c.data.benign = [source(os.path.join(PROMPTS, "benign.jsonl"))]
-    c.data.harmful = [source(os.path.join(PROMPTS, "harmful.jsonl"))]
+    c.data.benign = {"prompts": source(os.path.join(PROMPTS, "benign.jsonl"))}
+    c.data.harmful = {"prompts": source(os.path.join(PROMPTS, "harmful.jsonl"))}
     c.collect.max_new_tokens = 48
     c.collect.batch_size = 16
     c.ebm.architecture = "simple"

@@ -51,10 +51,15 @@ def label(kind: str, refused: bool) -> int:
     raise ValueError(f"prompt kind {kind!r} is neither {BENIGN!r} nor {HARMFUL!r}")
 
 
-def read_sources(sources: Sequence, seed: int) -> list[str]:
-    """Prompts from each source ({path, field, limit}); `limit` > 0 samples that many with `seed`."""
+def read_sources(sources, seed: int) -> list[str]:
+    """Prompts from each source ({path, field, limit}), given as a list or a {name: source} mapping.
+
+    `limit` > 0 samples that many with `seed`; a source with an empty path is skipped.
+    """
     prompts = []
-    for source in sources:
+    for source in (sources.values() if hasattr(sources, "values") else sources):
+        if not source["path"]:
+            continue
         rows = load_prompts(source["path"], source.get("field") or None)
         limit = int(source.get("limit") or 0)
         if 0 < limit < len(rows):

@@ -106,6 +106,9 @@ class LayerwiseTrainer:
                 losses = jax.vmap(layer_loss)(p, pos.swapaxes(0, 1), neg.swapaxes(0, 1), keys)
                 return losses.sum(), losses
             (_, losses), grads = jax.value_and_grad(total, has_aux=True)(params)
+            # InfoNCE is blind to the energy's offset: the output bias's true gradient is 0, and
+            # Adam would turn rounding noise into lr-sized steps that differ with the mesh
+            grads["out"]["bias"] = jnp.zeros_like(grads["out"]["bias"])
             updates, opt_state = self.optimizer.update(grads, opt_state, params)
             return optax.apply_updates(params, updates), opt_state, losses
 
@@ -119,7 +122,7 @@ class LayerwiseTrainer:
     def init_state(self) -> dict:
         keys = jax.random.split(jax.random.PRNGKey(self.config.seed), self.n_layers)
         params = jax.vmap(lambda k: EBM.init(self.spec, k).params)(keys)
-        params = jax.device_put(params, self.replicated)
+        params = jax.jit(lambda p: p, out_shardings=self.replicated)(params)
         best = jax.tree_util.tree_map(jnp.copy, params)  # params are donated to the step
         return {"params": params, "opt_state": self.optimizer.init(params), "best_params": best,
                 "best_score": np.full(self.n_layers, -np.inf), "best_epoch": np.full(self.n_layers, -1),
@@ -143,11 +146,16 @@ class LayerwiseTrainer:
         losses = []
         for s in range(steps):
             batch = slice(s * cfg.batch_size, (s + 1) * cfg.batch_size)
-            pb = jax.device_put(pos[pos_order[batch]], self.batch_sharding)
-            nb = jax.device_put(neg[neg_order[batch]], self.batch_sharding)
+            pb = self._global_batch(pos[pos_order[batch]])
+            nb = self._global_batch(neg[neg_order[batch]])
             params, opt_state, loss = self._step(params, opt_state, pb, nb, jax.random.fold_in(epoch_key, s))
             losses.append(np.asarray(loss))
         return dict(state, params=params, opt_state=opt_state), np.mean(losses, axis=0)
+
+    def _global_batch(self, host_batch: np.ndarray) -> jax.Array:
+        """Each process places only the shards its own devices hold (multi-host safe)."""
+        return jax.make_array_from_callback(host_batch.shape, self.batch_sharding,
+                                            lambda index: host_batch[index])
 
     def update_best(self, state: dict, scores: np.ndarray) -> dict:
         improved = scores > state["best_score"]

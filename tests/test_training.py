@@ -1,0 +1,147 @@
+"""EBM training: resume, determinism, meshes, multi-process, labels, and train_ebm.py end to end."""
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+
+from eds_jax import training
+from eds_jax.collect import Collection, LabelError, check_labels, label
+from eds_jax.ebm import EBMSpec
+from conftest import ROOT, make_checkpoint
+
+SYNTHETIC = textwrap.dedent("""
+    import numpy as np
+    def synthetic(n=96, layers=3, dim=16, seed=0):
+        rng = np.random.RandomState(seed)
+        labels = (rng.rand(n) < 0.55).astype(np.int8)
+        x = rng.randn(n, layers, dim).astype(np.float32)
+        x[:, :, 0] += 1.5 * (2 * labels[:, None] - 1) * np.arange(1, layers + 1)  # separable, more so deeper
+        return x, labels
+""")
+exec(SYNTHETIC)
+
+
+def train(workdir, epochs, mesh=None, seed=0):
+    x, labels = synthetic()
+    spec = EBMSpec.complex(16, (32, 16), 0.15, True)
+    cfg = training.TrainConfig(epochs=epochs, batch_size=8, learning_rate=3e-3, temperature=0.1, seed=seed)
+    return training.train_layers(x, labels, [0, 1, 2], spec, cfg, 0.25, mesh or training.make_mesh(1, 1),
+                                 str(workdir), log=lambda *_: None)
+
+
+def flat(params):
+    import jax
+    return np.concatenate([np.asarray(v).ravel() for v in jax.tree_util.tree_leaves(params)])
+
+
+def test_training_learns_and_reports_metrics(tmp_path):
+    result = train(tmp_path, 6)
+    assert len(result["history"]) == 6 * 3
+    assert result["metrics"]["auc"][2] > 0.9
+    assert set(result["counts"]) == {"train_good", "train_bad", "val_good", "val_bad"}
+
+
+def test_resume_after_kill_equals_uninterrupted_run(tmp_path):
+    full = train(tmp_path / "full", 6)
+    train(tmp_path / "killed", 3)  # the run stops after epoch 3's checkpoint ...
+    resumed = train(tmp_path / "killed", 6)  # ... and a restart picks up from there
+    np.testing.assert_array_equal(flat(resumed["params"]), flat(full["params"]))
+    assert resumed["history"] == full["history"]
+
+
+def test_fixed_seed_is_deterministic(tmp_path):
+    a, b, c = train(tmp_path / "a", 3), train(tmp_path / "b", 3), train(tmp_path / "c", 3, seed=1)
+    np.testing.assert_array_equal(flat(a["params"]), flat(b["params"]))
+    assert not np.array_equal(flat(a["params"]), flat(c["params"]))
+
+
+def test_meshes_give_the_same_training(tmp_path):
+    code = SYNTHETIC + textwrap.dedent(f"""
+        import json, sys, numpy as np, jax
+        sys.path.insert(0, {ROOT!r})
+        from eds_jax import training
+        from eds_jax.ebm import EBMSpec
+        x, labels = synthetic()
+        out = {{}}
+        for name, (data, model) in {{"d4m2": (4, 2), "d1": (1, 1)}}.items():
+            cfg = training.TrainConfig(epochs=3, batch_size=8, learning_rate=3e-3, temperature=0.1, seed=0)
+            r = training.train_layers(x, labels, [0, 1, 2], EBMSpec.complex(16, (32, 16), 0.15, True), cfg,
+                                      0.25, training.make_mesh(data, model), {str(tmp_path)!r} + "/" + name,
+                                      log=lambda *_: None)
+            out[name] = {{"losses": [h["train_loss"] for h in r["history"]],
+                          "params": [float(v) for v in np.concatenate(
+                              [np.asarray(l).ravel() for l in jax.tree_util.tree_leaves(r["params"])])]}}
+        print(json.dumps(out))
+    """)
+    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8", JAX_PLATFORMS="cpu")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    np.testing.assert_allclose(out["d4m2"]["losses"], out["d1"]["losses"], rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(out["d4m2"]["params"], out["d1"]["params"], rtol=1e-5, atol=1e-5)
+
+
+def test_labels_and_missing_classes():
+    assert [label("benign", False), label("benign", True), label("harmful", True), label("harmful", False)] == [1, 0, 1, 0]
+    def collection(kinds, refused):
+        labels = np.array([label(k, r) for k, r in zip(kinds, refused)], np.int8)
+        return Collection(["p"] * len(kinds), kinds, ["r"] * len(kinds), np.array(refused), labels,
+                          np.zeros((len(kinds), 1, 1), np.float32))
+    with pytest.raises(LabelError, match="no negatives"):
+        check_labels(collection(["benign", "harmful"], [False, True]))
+    with pytest.raises(LabelError, match="no positives"):
+        check_labels(collection(["benign", "harmful"], [True, False]))
+    check_labels(collection(["benign", "benign"], [False, True]))
+
+
+@pytest.fixture(scope="module")
+def tiny_chat_model(tmp_path_factory, smollm2):
+    """A tiny random Llama that speaks SmolLM2's tokenizer and chat template."""
+    directory = str(tmp_path_factory.mktemp("tiny_chat"))
+    make_checkpoint(directory, vocab_size=smollm2.config.vocab_size, eos_token_id=2, pad_token_id=2)
+    smollm2.tokenizer.save_pretrained(directory)
+    return directory
+
+
+def run_script(name, *args):
+    return subprocess.run([sys.executable, os.path.join(ROOT, name), *args], capture_output=True,
+                          text=True, cwd=ROOT)
+
+
+def test_train_ebm_end_to_end_then_steer_decode(tmp_path, tiny_chat_model):
+    workdir = tmp_path / "run"
+    args = ["--config=configs/tiny.py", f"--config.model.source={tiny_chat_model}", f"--workdir={workdir}"]
+    proc = run_script("train_ebm.py", *args)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "label counts" in proc.stdout and "chosen layers" in proc.stdout
+    metrics = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
+    assert len(metrics) == 4 * 3  # epochs x layers of the tiny config
+    for png in ("layer_quality.png", "energy_histograms.png"):
+        assert (workdir / png).read_bytes()[:4] == b"\x89PNG"
+    import eds_jax
+    ebms, meta = eds_jax.load_ebms(str(workdir / "ebms"))
+    assert len(ebms) == 2 and meta["selected_by"] == "auc" and meta["hidden_size"] == 64
+    out = tmp_path / "steered.jsonl"
+    proc = run_script("steer_decode.py", f"--model={tiny_chat_model}", f"--ebms={workdir / 'ebms'}",
+                      "--prompt=Hello there", "--max_new_tokens=6", f"--output={out}")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    row = json.loads(out.read_text())
+    assert row["layers"] == sorted(int(k) for k in ebms) and row["steered"] is not None
+    # a rerun reuses collection and the finished training
+    again = run_script("train_ebm.py", *args)
+    assert again.returncode == 0 and "chosen layers" in again.stdout
+
+
+def test_train_ebm_bad_input(tmp_path, tiny_chat_model):
+    base = ["--config=configs/tiny.py", f"--config.model.source={tiny_chat_model}"]
+    unknown = run_script("train_ebm.py", *base, "--config.train.no_such_field=1", f"--workdir={tmp_path / 'a'}")
+    assert unknown.returncode != 0 and "no_such_field" in unknown.stderr
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text("\n")
+    proc = run_script("train_ebm.py", *base, f"--workdir={tmp_path / 'b'}",
+                      f"--config.data.harmful.prompts.path={empty}")
+    assert proc.returncode != 0 and "no prompts in the file" in proc.stderr, proc.stderr[-2000:]
