@@ -145,3 +145,37 @@ def test_train_ebm_bad_input(tmp_path, tiny_chat_model):
     proc = run_script("train_ebm.py", *base, f"--workdir={tmp_path / 'b'}",
                       f"--config.data.harmful.prompts.path={empty}")
     assert proc.returncode != 0 and "no prompts in the file" in proc.stderr, proc.stderr[-2000:]
+
+
+def _free_port():
+    import socket
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_two_processes_with_jax_distributed_match_one_process(tmp_path):
+    """Two processes x 2 CPU devices over 127.0.0.1 (jax.distributed) train like one process."""
+    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=2", JAX_PLATFORMS="cpu")
+    port, worker = str(_free_port()), os.path.join(ROOT, "tests", "distributed_worker.py")
+    logs = [(open(tmp_path / f"out{i}", "w"), open(tmp_path / f"err{i}", "w")) for i in range(2)]
+    procs = [subprocess.Popen([sys.executable, worker, str(i), "2", port, str(tmp_path / "multi")],
+                              stdout=out, stderr=err, text=True, env=env) for i, (out, err) in enumerate(logs)]
+    try:  # files, not pipes: a full pipe would stall one process while the other waits for it
+        for p in procs:
+            p.wait(timeout=300)
+    finally:
+        for p in procs:
+            p.kill()
+        for out, err in logs:
+            out.close(), err.close()
+    results = []
+    for i, p in enumerate(procs):
+        assert p.returncode == 0, (tmp_path / f"err{i}").read_text()[-3000:]
+        stdout = (tmp_path / f"out{i}").read_text()
+        results.append(json.loads([l for l in stdout.splitlines() if l.startswith("RESULT ")][-1][7:]))
+    assert all(r["devices"] == 4 and r["processes"] == 2 for r in results)
+    single = train(tmp_path / "single", 3)
+    for r in results:
+        np.testing.assert_allclose(r["losses"], [h["train_loss"] for h in single["history"]], rtol=1e-5, atol=1e-5)
+        np.testing.assert_allclose(r["params"], flat(single["params"]), rtol=1e-5, atol=1e-5)
