@@ -5,8 +5,9 @@ setup(
     version="0.1.0",
     description="Energy-Driven Steering (EDS) for LLM safety in JAX/Flax",
     python_requires=">=3.10",
-    packages=find_packages(include=["models", "models.*", "eds_jax", "eds_jax.*"]),
-    py_modules=["steer_decode"],
+    packages=find_packages(include=["models", "models.*", "eds_jax", "eds_jax.*", "configs"]),
+    package_data={"eds_jax": ["prompt_sets/*.jsonl"]},
+    py_modules=["steer_decode", "train_ebm"],
     install_requires=[
         "jax>=0.4.35",
         "flax>=0.10",

@@ -10,10 +10,8 @@ baseline is generated, and the output says so.
 """
 from __future__ import annotations
 
-import json
 import os
 import sys
-import tempfile
 
 from absl import app, flags, logging
 
@@ -87,21 +85,11 @@ def _mean(values):
     return None if values.size == 0 or np.isnan(values).all() else float(np.nanmean(values))
 
 
-def write_jsonl_atomically(path: str, rows) -> None:
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    with tempfile.NamedTemporaryFile("w", dir=directory, delete=False, suffix=".tmp",
-                                     encoding="utf-8") as tmp:
-        for row in rows:
-            tmp.write(json.dumps(row, ensure_ascii=False) + "\n")
-    os.replace(tmp.name, path)
-
-
 def run() -> list[dict]:
     import numpy as np
     import models
     import eds_jax
-    from eds_jax.data import load_prompts
+    from eds_jax.data import load_prompts, write_jsonl
 
     if bool(FLAGS.prompt) == bool(FLAGS.prompts):
         raise app.UsageError("give exactly one of --prompt or --prompts")
@@ -131,7 +119,7 @@ def run() -> list[dict]:
             row.update(steered=steered[i], energy_before=_mean(before[i]),
                        energy_after=_mean(after[i]), layers=list(steering.layers))
     if FLAGS.output:
-        write_jsonl_atomically(FLAGS.output, rows)
+        write_jsonl(FLAGS.output, rows)
         logging.info("wrote %d rows to %s", len(rows), FLAGS.output)
     for row in rows:
         if FLAGS.compare and row["steered"] is not None:

@@ -63,6 +63,7 @@ def run(cfg, workdir: str) -> dict:
     import eds_jax
     from eds_jax import collect as collection_lib
     from eds_jax import plots, training
+    from eds_jax.data import write_jsonl
     from eds_jax.ebm import EBMSpec
     from eds_jax.judge import get_judge
 
@@ -90,7 +91,7 @@ def run(cfg, workdir: str) -> dict:
                                         cfg.train.temperature, cfg.train.seed, cfg.train.select_by)
     result = training.train_layers(data.activations, data.labels, layers, spec, train_config,
                                    cfg.train.val_fraction, mesh, workdir, log=logging.info)
-    training.write_metrics(os.path.join(workdir, "metrics.jsonl"), result["history"])
+    write_jsonl(os.path.join(workdir, "metrics.jsonl"), result["history"])
 
     scores = result["metrics"][cfg.train.select_by]
     top_n = min(int(cfg.steer.top_n_layers), len(layers))

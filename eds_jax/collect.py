@@ -17,7 +17,7 @@ from typing import Callable, Optional, Sequence
 
 import numpy as np
 
-from eds_jax.data import load_prompts
+from eds_jax.data import load_prompts, write_jsonl
 from eds_jax.decoding import bucket_length, chat_prompts, generate_text
 
 BENIGN, HARMFUL = "benign", "harmful"
@@ -121,10 +121,9 @@ def collect(pre, benign: Sequence[str], harmful: Sequence[str], directory: str, 
                                   max_new_tokens=int(collect_config["max_new_tokens"]),
                                   batch_size=batch_size, progress=True)
         refused = [judge(r) for r in responses]
-        _write_atomically(responses_path, "".join(
-            json.dumps({"prompt": p, "kind": k, "response": r, "refused": bool(x),
-                        "label": label(k, x)}, ensure_ascii=False) + "\n"
-            for p, k, r, x in zip(prompts, kinds, responses, refused)))
+        write_jsonl(responses_path, ({"prompt": p, "kind": k, "response": r, "refused": bool(x),
+                                      "label": label(k, x)}
+                                     for p, k, r, x in zip(prompts, kinds, responses, refused)))
     refused = np.array([judge(r) for r in responses], bool)
     labels = np.array([label(k, r) for k, r in zip(kinds, refused)], np.int8)
 
@@ -151,9 +150,3 @@ def check_labels(collection: Collection) -> None:
                          "prompts (OR-Bench-Hard, XSTest-safe) or harmful ones it answers, or raise "
                          "collect.max_new_tokens so refusals are seen.")
 
-
-def _write_atomically(path: str, text: str) -> None:
-    tmp = path + ".tmp"
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.write(text)
-    os.replace(tmp, path)

@@ -35,6 +35,17 @@ def _prompt_of(row, path: str, where: str, field: Optional[str]) -> str:
     return text
 
 
+def write_jsonl(path: str, rows) -> None:
+    """Write one JSON object per line via a temporary file and a rename: never half-written."""
+    directory = os.path.dirname(os.path.abspath(path))
+    os.makedirs(directory, exist_ok=True)
+    tmp = f"{path}.tmp"
+    with open(tmp, "w", encoding="utf-8") as f:
+        for row in rows:
+            f.write(json.dumps(row, ensure_ascii=False) + "\n")
+    os.replace(tmp, path)
+
+
 def load_prompts(path: str, field: Optional[str] = None, limit: Optional[int] = None) -> list[str]:
     """Read prompts from `path`; at most `limit` of them (the first ones). Empty file -> error."""
     if not os.path.isfile(path):

@@ -8,7 +8,6 @@ killed run resumes from the last completed epoch with the same result.
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 from typing import Any, Optional
 
@@ -243,10 +242,3 @@ def train_layers(activations: np.ndarray, labels: np.ndarray, layers: list[int],
             "counts": {"train_good": len(pos), "train_bad": len(neg), "val_good": len(val_pos),
                        "val_bad": len(val_neg)}}
 
-
-def write_metrics(path: str, history: list) -> None:
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        for row in history:
-            f.write(json.dumps(row) + "\n")
-    os.replace(tmp, path)
