@@ -71,7 +71,11 @@ def run(cfg, workdir: str) -> dict:
     maybe_initialize_distributed(cfg)
     os.makedirs(workdir, exist_ok=True)
     mesh = training.make_mesh(cfg.mesh.data, cfg.mesh.model)
-    pre = models.load_pretrained(resolve_model_source(cfg.model.source), dtype=cfg.model.dtype)
+    # the LLM's weights are split over the mesh's `model` axis (so 8B+ fits across chips)
+    from models.sharding import param_shardings
+    shardings = (lambda config: param_shardings(config, mesh)) if mesh.shape["model"] > 1 else None
+    pre = models.load_pretrained(resolve_model_source(cfg.model.source), dtype=cfg.model.dtype,
+                                 shardings=shardings)
     benign = collection_lib.read_sources(cfg.data.benign, cfg.data.seed)
     harmful = collection_lib.read_sources(cfg.data.harmful, cfg.data.seed)
     data = collection_lib.collect(pre, benign, harmful, os.path.join(workdir, "collect"),

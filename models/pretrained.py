@@ -85,11 +85,15 @@ def _safetensors_files(directory: str) -> list[str]:
     return files
 
 
+def _placement(config: ModelConfig, shardings):
+    return shardings(config) if callable(shardings) else shardings
+
+
 def _load_hf_directory(directory: str, dtype, shardings) -> Pretrained:
     from transformers import AutoConfig, AutoTokenizer
     config = from_hf_config(AutoConfig.from_pretrained(directory))
     params = fill_params(config, iter_safetensors(_safetensors_files(directory)), dtype,
-                         source=directory, shardings=shardings)
+                         source=directory, shardings=_placement(config, shardings))
     has_tokenizer = any(os.path.isfile(os.path.join(directory, f))
                         for f in ("tokenizer.json", "tokenizer.model", "tokenizer_config.json"))
     tokenizer = AutoTokenizer.from_pretrained(directory) if has_tokenizer else None
@@ -100,7 +104,8 @@ def _load_gguf(path: str, dtype, shardings) -> Pretrained:
     from models.gguf_file import GGUFFile
     gguf = GGUFFile(path)
     config = gguf.config()
-    params = fill_params(config, gguf.hf_tensors(config), dtype, source=path, shardings=shardings)
+    params = fill_params(config, gguf.hf_tensors(config), dtype, source=path,
+                         shardings=_placement(config, shardings))
     return Pretrained(config, params, _prepare_tokenizer(gguf.tokenizer()), jnp.dtype(dtype).name, path)
 
 
@@ -120,7 +125,8 @@ def load_pretrained(source: str, dtype="bfloat16", shardings=None) -> Pretrained
 
     source: a Hugging Face checkpoint directory (config.json + *.safetensors, sharded index too),
     a .gguf file, or a hub id already in the local HF cache. `shardings` optionally maps Flax
-    parameter paths to shardings for placing each tensor as it is read.
+    parameter paths to shardings for placing each tensor as it is read (or is a function of the
+    `ModelConfig` returning that map, e.g. `lambda c: models.sharding.param_shardings(c, mesh)`).
     """
     dtype = resolve_dtype(dtype)
     source = os.fspath(source)

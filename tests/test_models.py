@@ -206,3 +206,34 @@ def test_hub_id_loads_from_the_local_cache(tmp_path, monkeypatch):
     jax.tree_util.tree_map(np.testing.assert_array_equal, cached.params, direct.params)
     with pytest.raises(models.CheckpointError, match="local Hugging Face cache"):
         models.load_pretrained("acme/other-model", dtype="float32")
+
+
+def test_tensor_parallel_params_give_the_same_outputs(tiny_llama_dir):
+    """Parameters split on a (data=1, model=2) mesh of forced CPU devices: same logits and tokens."""
+    import subprocess
+    import sys
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    code = f"""
+import sys, numpy as np, jax
+sys.path.insert(0, {root!r}); sys.path.insert(0, {os.path.join(root, 'tests')!r})
+import models, eds_jax
+from models.sharding import param_shardings
+from eds_jax.training import make_mesh
+from conftest import left_padded_batch
+mesh = make_mesh(1, 2)
+plain = models.load_pretrained({tiny_llama_dir!r}, dtype="float32")
+split = models.load_pretrained({tiny_llama_dir!r}, dtype="float32",
+                               shardings=lambda c: param_shardings(c, mesh))
+kernel = split.params["layers_0"]["mlp"]["up_proj"]["kernel"]
+assert len(kernel.sharding.device_set) == 2 and kernel.addressable_shards[0].data.shape == (64, 48)
+ids, mask = left_padded_batch(plain.config.vocab_size, [9, 5])
+a, b = models.forward(plain, ids, mask).logits, models.forward(split, ids, mask).logits
+np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-5)
+ga = eds_jax.steered_generate(plain, ids, mask, max_new_tokens=6).tokens
+gb = eds_jax.steered_generate(split, ids, mask, max_new_tokens=6).tokens
+np.testing.assert_array_equal(np.asarray(ga), np.asarray(gb))
+print("OK")
+"""
+    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8", JAX_PLATFORMS="cpu")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
+    assert proc.returncode == 0 and proc.stdout.strip().endswith("OK"), proc.stderr[-3000:]

@@ -1,0 +1,38 @@
+"""Tensor-parallel placement of the LLM's parameters on a mesh's `model` axis.
+
+Attention heads and MLP columns are split across `model` (Megatron style: q/k/v and gate/up by
+output, o and down by input), the vocabulary of the embedding and head too; norms are replicated.
+`jax.jit` propagates these shardings through `forward` and the decode loop.
+"""
+from __future__ import annotations
+
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+from models.config import ModelConfig
+
+_BY_OUTPUT = ("q_proj", "k_proj", "v_proj", "gate_proj", "up_proj")
+_BY_INPUT = ("o_proj", "down_proj")
+
+
+def _spec(path: tuple[str, ...], axis: str) -> P:
+    module, leaf = path[-2], path[-1]
+    if module == "embed_tokens":
+        return P(axis, None)
+    if module == "lm_head":
+        return P(None, axis)
+    if module in _BY_OUTPUT:
+        return P(None, axis) if leaf == "kernel" else P(axis)
+    if module in _BY_INPUT:
+        return P(axis, None) if leaf == "kernel" else P()
+    return P()  # RMSNorm scales
+
+
+def param_shardings(config: ModelConfig, mesh: Mesh, axis: str = "model") -> dict:
+    """{flax path: NamedSharding} for every parameter; the axis must divide heads, MLP and vocab."""
+    from models.checkpoint import param_shapes
+    size = mesh.shape[axis]
+    for name, value in (("num_key_value_heads", config.num_kv_heads), ("num_attention_heads", config.num_heads),
+                        ("intermediate_size", config.intermediate_size), ("vocab_size", config.vocab_size)):
+        if value % size:
+            raise ValueError(f"mesh axis {axis!r} of size {size} does not divide {name}={value}")
+    return {path: NamedSharding(mesh, _spec(path, axis)) for path in param_shapes(config, "float32")}
