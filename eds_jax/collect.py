@@ -131,7 +131,7 @@ def collect(pre, benign: Sequence[str], harmful: Sequence[str], directory: str, 
         activations = np.load(activations_path)["activations"]
     else:
         activations = last_token_activations(pre, prompts, system, batch_size)
-        tmp = activations_path + ".tmp.npz"
+        tmp = f"{activations_path}.{os.getpid()}.tmp.npz"
         np.savez(tmp, activations=activations, labels=labels)
         os.replace(tmp, activations_path)
     return Collection(prompts, kinds, responses, refused, labels, activations)

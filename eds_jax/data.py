@@ -39,7 +39,7 @@ def write_jsonl(path: str, rows) -> None:
     """Write one JSON object per line via a temporary file and a rename: never half-written."""
     directory = os.path.dirname(os.path.abspath(path))
     os.makedirs(directory, exist_ok=True)
-    tmp = f"{path}.tmp"
+    tmp = f"{path}.{os.getpid()}.tmp"  # processes of a multi-host run may write the same file
     with open(tmp, "w", encoding="utf-8") as f:
         for row in rows:
             f.write(json.dumps(row, ensure_ascii=False) + "\n")

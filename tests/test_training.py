@@ -145,6 +145,11 @@ def test_train_ebm_bad_input(tmp_path, tiny_chat_model):
     proc = run_script("train_ebm.py", *base, f"--workdir={tmp_path / 'b'}",
                       f"--config.data.harmful.prompts.path={empty}")
     assert proc.returncode != 0 and "no prompts in the file" in proc.stderr, proc.stderr[-2000:]
+    malformed = tmp_path / "malformed.jsonl"
+    malformed.write_text('{"instruction": "fine"}\n{"instruction": "broken\n')
+    proc = run_script("train_ebm.py", *base, f"--workdir={tmp_path / 'c'}",
+                      f"--config.data.benign.prompts.path={malformed}")
+    assert proc.returncode != 0 and "malformed.jsonl, line 2: invalid JSON" in proc.stderr, proc.stderr[-2000:]
 
 
 def _free_port():
@@ -179,3 +184,34 @@ def test_two_processes_with_jax_distributed_match_one_process(tmp_path):
     for r in results:
         np.testing.assert_allclose(r["losses"], [h["train_loss"] for h in single["history"]], rtol=1e-5, atol=1e-5)
         np.testing.assert_allclose(r["params"], flat(single["params"]), rtol=1e-5, atol=1e-5)
+
+
+def test_sigkill_mid_run_then_restart_equals_uninterrupted(tmp_path):
+    """A training process killed with SIGKILL after some epochs resumes to the same EBMs."""
+    import signal
+    import time
+    code = SYNTHETIC + textwrap.dedent(f"""
+        import sys, numpy as np, jax
+        sys.path.insert(0, {ROOT!r})
+        from eds_jax import training
+        from eds_jax.ebm import EBMSpec
+        x, labels = synthetic()
+        cfg = training.TrainConfig(epochs=12, batch_size=8, learning_rate=3e-3, temperature=0.1, seed=0)
+        r = training.train_layers(x, labels, [0, 1, 2], EBMSpec.complex(16, (32, 16), 0.15, True), cfg, 0.25,
+                                  training.make_mesh(1, 1), sys.argv[1], log=lambda *_: None)
+        np.save(sys.argv[2], np.concatenate([np.asarray(l).ravel() for l in jax.tree_util.tree_leaves(r["params"])]))
+    """)
+    killed = tmp_path / "killed"
+    proc = subprocess.Popen([sys.executable, "-c", code, str(killed), str(tmp_path / "never.npy")],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 240
+    while time.time() < deadline and not (killed / "checkpoints" / "3").is_dir():
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert (killed / "checkpoints" / "3").is_dir() and not (tmp_path / "never.npy").exists()
+    for workdir, out in ((killed, "resumed.npy"), (tmp_path / "clean", "clean.npy")):
+        done = subprocess.run([sys.executable, "-c", code, str(workdir), str(tmp_path / out)],
+                              capture_output=True, text=True)
+        assert done.returncode == 0, done.stderr[-3000:]
+    np.testing.assert_array_equal(np.load(tmp_path / "resumed.npy"), np.load(tmp_path / "clean.npy"))
