@@ -52,3 +52,14 @@ def base_config():
         "coordinator_address": "", "num_processes": 0, "process_id": -1,
     })
     return c
+
+
+def hub_model_config(source, eta, num_steps, top_n_layers, dtype="bfloat16"):
+    """A released model (read from the local HF cache) with upstream's steering defaults."""
+    c = base_config()
+    c.model.source = source
+    c.model.dtype = dtype
+    c.steer.eta = eta
+    c.steer.num_steps = num_steps
+    c.steer.top_n_layers = top_n_layers
+    return c

@@ -2,14 +2,8 @@
 
 The checkpoint is read from the local Hugging Face cache (or pass --config.model.source=DIR).
 """
-from configs.common import base_config
+from configs.common import hub_model_config
 
 
 def get_config():
-    c = base_config()
-    c.model.source = "meta-llama/Llama-2-7b-chat-hf"
-    c.model.dtype = "bfloat16"
-    c.steer.eta = 0.95
-    c.steer.num_steps = 12
-    c.steer.top_n_layers = 12
-    return c
+    return hub_model_config("meta-llama/Llama-2-7b-chat-hf", eta=0.95, num_steps=12, top_n_layers=12)

@@ -2,14 +2,8 @@
 
 The checkpoint is read from the local Hugging Face cache (or pass --config.model.source=DIR).
 """
-from configs.common import base_config
+from configs.common import hub_model_config
 
 
 def get_config():
-    c = base_config()
-    c.model.source = "meta-llama/Llama-3.1-8B-Instruct"
-    c.model.dtype = "bfloat16"
-    c.steer.eta = 0.1
-    c.steer.num_steps = 3
-    c.steer.top_n_layers = 15
-    return c
+    return hub_model_config("meta-llama/Llama-3.1-8B-Instruct", eta=0.1, num_steps=3, top_n_layers=15)

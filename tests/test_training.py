@@ -215,3 +215,15 @@ def test_sigkill_mid_run_then_restart_equals_uninterrupted(tmp_path):
                               capture_output=True, text=True)
         assert done.returncode == 0, done.stderr[-3000:]
     np.testing.assert_array_equal(np.load(tmp_path / "resumed.npy"), np.load(tmp_path / "clean.npy"))
+
+
+@pytest.mark.parametrize("name", ["smollm2_135m", "llama2_7b_chat", "llama31_8b_instruct", "qwen3_1_7b",
+                                  "qwen3_14b", "tiny"])
+def test_configs_have_every_field_group(name):
+    import importlib
+    cfg = importlib.import_module(f"configs.{name}").get_config()
+    for group in ("model", "data", "collect", "ebm", "train", "steer", "mesh", "distributed"):
+        assert group in cfg, group
+    assert cfg.steer.eta >= 0 and cfg.train.select_by in training.SELECT_BY
+    for kind in ("benign", "harmful"):
+        assert all({"path", "field", "limit"} <= set(s) for s in cfg.data[kind].values())
