@@ -76,6 +76,9 @@ def run(cfg, workdir: str) -> dict:
     shardings = (lambda config: param_shardings(config, mesh)) if mesh.shape["model"] > 1 else None
     pre = models.load_pretrained(resolve_model_source(cfg.model.source), dtype=cfg.model.dtype,
                                  shardings=shardings)
+    # before collection, so a bad EBM setting fails in seconds, not after generation
+    spec = EBMSpec.build(cfg.ebm.architecture, pre.config.hidden_size, cfg.ebm.hidden_dim,
+                         tuple(cfg.ebm.hidden_dims), cfg.ebm.dropout_rate, cfg.ebm.use_layernorm)
     benign = collection_lib.read_sources(cfg.data.benign, cfg.data.seed)
     harmful = collection_lib.read_sources(cfg.data.harmful, cfg.data.seed)
     data = collection_lib.collect(pre, benign, harmful, os.path.join(workdir, "collect"),
@@ -85,11 +88,6 @@ def run(cfg, workdir: str) -> dict:
     print(f"label counts: {counts}")
     collection_lib.check_labels(data)
 
-    if cfg.ebm.architecture == "simple":
-        spec = EBMSpec.simple(pre.config.hidden_size, cfg.ebm.hidden_dim)
-    else:
-        spec = EBMSpec.complex(pre.config.hidden_size, tuple(cfg.ebm.hidden_dims), cfg.ebm.dropout_rate,
-                               cfg.ebm.use_layernorm)
     layers = list(range(pre.config.num_layers))
     train_config = training.TrainConfig(cfg.train.epochs, cfg.train.batch_size, cfg.train.learning_rate,
                                         cfg.train.temperature, cfg.train.seed, cfg.train.select_by)

@@ -51,6 +51,17 @@ class EBMSpec:
         return cls("complex", int(input_dim), tuple(int(w) for w in hidden_dims),
                    float(dropout_rate), bool(use_layernorm))
 
+    @classmethod
+    def build(cls, architecture: str, input_dim: int, hidden_dim: int = 512,
+              hidden_dims: Sequence[int] = COMPLEX_DEFAULT_WIDTHS, dropout_rate: float = 0.15,
+              use_layernorm: bool = True) -> "EBMSpec":
+        """The spec of an upstream architecture by name ("simple" uses hidden_dim, "complex" the rest)."""
+        if architecture == "simple":
+            return cls.simple(input_dim, hidden_dim)
+        if architecture == "complex":
+            return cls.complex(input_dim, hidden_dims, dropout_rate, use_layernorm)
+        raise ValueError(f"EBM architecture {architecture!r} is unknown; expected one of {ARCHITECTURES}")
+
     def module(self) -> "EnergyMLP":
         return EnergyMLP(self)
 
@@ -147,12 +158,7 @@ def load_torch_ebm(path: str, architecture: str = "simple", input_dim: int = Non
     import os
     if input_dim is None:
         raise ValueError("input_dim (the model's hidden size) is required")
-    if architecture == "simple":
-        spec = EBMSpec.simple(input_dim, hidden_dim)
-    elif architecture == "complex":
-        spec = EBMSpec.complex(input_dim, hidden_dims, dropout_rate, use_layernorm)
-    else:
-        raise ValueError(f"EBM architecture {architecture!r} is unknown; expected one of {ARCHITECTURES}")
+    spec = EBMSpec.build(architecture, input_dim, hidden_dim, hidden_dims, dropout_rate, use_layernorm)
     if not os.path.isfile(path):
         raise FileNotFoundError(f"EBM file {path!r} does not exist")
     import torch
