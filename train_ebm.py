@@ -76,9 +76,11 @@ def run(cfg, workdir: str) -> dict:
     shardings = (lambda config: param_shardings(config, mesh)) if mesh.shape["model"] > 1 else None
     pre = models.load_pretrained(resolve_model_source(cfg.model.source), dtype=cfg.model.dtype,
                                  shardings=shardings)
-    # before collection, so a bad EBM setting fails in seconds, not after generation
+    # before collection, so a bad EBM or training setting fails in seconds, not after generation
     spec = EBMSpec.build(cfg.ebm.architecture, pre.config.hidden_size, cfg.ebm.hidden_dim,
                          tuple(cfg.ebm.hidden_dims), cfg.ebm.dropout_rate, cfg.ebm.use_layernorm)
+    train_config = training.TrainConfig(cfg.train.epochs, cfg.train.batch_size, cfg.train.learning_rate,
+                                        cfg.train.temperature, cfg.train.seed, cfg.train.select_by)
     benign = collection_lib.read_sources(cfg.data.benign, cfg.data.seed)
     harmful = collection_lib.read_sources(cfg.data.harmful, cfg.data.seed)
     data = collection_lib.collect(pre, benign, harmful, os.path.join(workdir, "collect"),
@@ -89,8 +91,6 @@ def run(cfg, workdir: str) -> dict:
     collection_lib.check_labels(data)
 
     layers = list(range(pre.config.num_layers))
-    train_config = training.TrainConfig(cfg.train.epochs, cfg.train.batch_size, cfg.train.learning_rate,
-                                        cfg.train.temperature, cfg.train.seed, cfg.train.select_by)
     result = training.train_layers(data.activations, data.labels, layers, spec, train_config,
                                    cfg.train.val_fraction, mesh, workdir, log=logging.info)
     write_jsonl(os.path.join(workdir, "metrics.jsonl"), result["history"])
