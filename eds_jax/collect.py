@@ -18,7 +18,7 @@ from typing import Callable, Optional, Sequence
 import numpy as np
 
 from eds_jax.data import load_prompts, write_jsonl
-from eds_jax.decoding import bucket_length, chat_prompts, generate_text
+from eds_jax.decoding import bucket_length, chat_batches, generate_text, pad_to_bucket
 
 BENIGN, HARMFUL = "benign", "harmful"
 
@@ -73,19 +73,10 @@ def last_token_activations(pre, prompts: Sequence[str], system: Optional[str], b
                            progress: bool = True) -> np.ndarray:
     """[N, L, D] float32: the input of every block at the last prompt token, one forward per batch."""
     import models
-    texts = chat_prompts(pre.tokenizer, prompts, system)
-    starts = range(0, len(texts), batch_size)
-    if progress:
-        from tqdm.auto import tqdm
-        starts = tqdm(starts, desc="activations", unit="batch")
     chunks = []
-    for start in starts:
-        enc = pre.tokenizer(texts[start:start + batch_size], return_tensors="np", padding=True,
-                            add_special_tokens=False)
-        ids, mask = enc["input_ids"], enc["attention_mask"]
-        pad = bucket_length(ids.shape[1]) - ids.shape[1]  # one compile per length bucket
-        ids = np.pad(ids, ((0, 0), (pad, 0)), constant_values=pre.pad_token_id)
-        mask = np.pad(mask, ((0, 0), (pad, 0)))
+    for ids, mask in chat_batches(pre, prompts, system, batch_size, "activations", progress):
+        # one compile per length bucket
+        ids, mask = pad_to_bucket(ids, mask, pre.pad_token_id, bucket_length(ids.shape[1]))
         out = models.forward(pre, ids, mask, output_hidden_states=True)
         per_layer = [np.asarray(h[:, -1], np.float32) for h in out.hidden_states[:pre.config.num_layers]]
         chunks.append(np.stack(per_layer, axis=1))
@@ -113,19 +104,20 @@ def collect(pre, benign: Sequence[str], harmful: Sequence[str], directory: str, 
     system = collect_config["system"]
     batch_size = int(collect_config["batch_size"])
 
-    if os.path.isfile(responses_path):
+    cached = os.path.isfile(responses_path)
+    if cached:
         with open(responses_path) as f:
             responses = [json.loads(line)["response"] for line in f]
     else:
         responses = generate_text(pre, prompts, system=system,
                                   max_new_tokens=int(collect_config["max_new_tokens"]),
                                   batch_size=batch_size, progress=True)
-        refused = [judge(r) for r in responses]
-        write_jsonl(responses_path, ({"prompt": p, "kind": k, "response": r, "refused": bool(x),
-                                      "label": label(k, x)}
-                                     for p, k, r, x in zip(prompts, kinds, responses, refused)))
     refused = np.array([judge(r) for r in responses], bool)
     labels = np.array([label(k, r) for k, r in zip(kinds, refused)], np.int8)
+    if not cached:
+        write_jsonl(responses_path, ({"prompt": p, "kind": k, "response": r, "refused": bool(x),
+                                      "label": int(y)}
+                                     for p, k, r, x, y in zip(prompts, kinds, responses, refused, labels)))
 
     if os.path.isfile(activations_path):
         activations = np.load(activations_path)["activations"]

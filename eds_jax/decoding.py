@@ -44,6 +44,31 @@ def bucket_length(length: int, minimum: int = MIN_BUCKET) -> int:
     return bucket
 
 
+def pad_to_bucket(ids: np.ndarray, mask: np.ndarray, pad_id: int, length: int):
+    """Left-pad a batch to `length` columns (padding is masked out, so outputs do not change)."""
+    pad = length - ids.shape[1]
+    return (np.pad(ids, ((0, 0), (pad, 0)), constant_values=pad_id).astype(np.int32),
+            np.pad(mask, ((0, 0), (pad, 0))).astype(np.int32))
+
+
+def chat_batches(pre: Pretrained, prompts: Sequence[str], system: Optional[str], batch_size: int,
+                 desc: str, progress: bool):
+    """Chat-templated, left-padded token batches of `prompts`: yields (ids, mask) numpy arrays."""
+    if isinstance(prompts, str):
+        raise ValueError("prompts must be a list of strings, got one string")
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    texts = chat_prompts(pre.tokenizer, prompts, system)
+    starts = range(0, len(texts), batch_size)
+    if progress:
+        from tqdm.auto import tqdm
+        starts = tqdm(starts, desc=desc, unit="batch")
+    for start in starts:
+        enc = pre.tokenizer(texts[start:start + batch_size], return_tensors="np", padding=True,
+                            add_special_tokens=False)
+        yield enc["input_ids"], enc["attention_mask"]
+
+
 def _choose(logits, key, temperature, top_p, sample: bool):
     if not sample:
         return jnp.argmax(logits, axis=-1).astype(jnp.int32)
@@ -151,10 +176,8 @@ def steered_generate(pre: Pretrained, input_ids, attention_mask=None,
                          f"the KV cache of {capacity} tokens")
     if steering is not None:
         steering.check_model(config)
-    bucket = min(bucket_length(ids.shape[1]), capacity - max_new_tokens)
-    pad = bucket - ids.shape[1]
-    ids = np.pad(ids, ((0, 0), (pad, 0)), constant_values=pre.pad_token_id).astype(np.int32)
-    mask = np.pad(mask, ((0, 0), (pad, 0))).astype(np.int32)
+    ids, mask = pad_to_bucket(ids, mask, pre.pad_token_id,
+                              min(bucket_length(ids.shape[1]), capacity - max_new_tokens))
     return _generate(pre.params, ids, mask, steering, jax.random.PRNGKey(seed),
                      jnp.float32(max(temperature, 1e-6)), jnp.float32(top_p), config=config,
                      dtype=pre.dtype, max_new_tokens=int(max_new_tokens),
@@ -183,22 +206,11 @@ def generate_text(pre: Pretrained, prompts: Sequence[str], steering: Optional[St
 
     With return_outputs=True, also return the per-batch `GenerationOutput`s.
     """
-    if isinstance(prompts, str):
-        raise ValueError("prompts must be a list of strings, got one string")
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-    texts = chat_prompts(pre.tokenizer, prompts, system)
-    starts = range(0, len(texts), batch_size)
-    if progress:
-        from tqdm.auto import tqdm
-        starts = tqdm(starts, desc="generate", unit="batch")
     responses, outputs = [], []
-    for start in starts:
-        batch = pre.tokenizer(texts[start:start + batch_size], return_tensors="np", padding=True,
-                              add_special_tokens=False)
-        out = steered_generate(pre, batch["input_ids"], batch["attention_mask"], steering=steering,
-                               max_new_tokens=max_new_tokens, temperature=temperature,
-                               top_p=top_p, seed=seed + start)
+    batches = chat_batches(pre, prompts, system, batch_size, "generate", progress)
+    for index, (ids, mask) in enumerate(batches):
+        out = steered_generate(pre, ids, mask, steering=steering, max_new_tokens=max_new_tokens,
+                               temperature=temperature, top_p=top_p, seed=seed + index * batch_size)
         tokens, lengths = np.asarray(out.tokens), np.asarray(out.lengths)
         responses += [pre.tokenizer.decode(row[:n], skip_special_tokens=True)
                       for row, n in zip(tokens, lengths)]
