@@ -21,6 +21,7 @@ from eds_jax.ebm import EBM, EBMSpec
 from eds_jax.losses import infonce_loss
 
 SELECT_BY = ("auc", "sign_accuracy")
+_CHECKPOINTED = ("params", "opt_state", "best_params", "best_score", "best_epoch")
 
 
 def make_mesh(data: int = -1, model: int = 1, devices=None) -> Mesh:
@@ -179,7 +180,7 @@ class TrainCheckpoints:
                                              options=ocp.CheckpointManagerOptions(max_to_keep=2))
 
     def save(self, state: dict, history: list) -> None:
-        arrays = {k: state[k] for k in ("params", "opt_state", "best_params", "best_score", "best_epoch")}
+        arrays = {k: state[k] for k in _CHECKPOINTED}
         self.manager.save(state["epoch"], args=self.ocp.args.Composite(
             state=self.ocp.args.StandardSave(arrays), history=self.ocp.args.JsonSave(history)))
         self.manager.wait_until_finished()
@@ -188,7 +189,7 @@ class TrainCheckpoints:
         step = self.manager.latest_step()
         if step is None:
             return None
-        arrays = {k: template[k] for k in ("params", "opt_state", "best_params", "best_score", "best_epoch")}
+        arrays = {k: template[k] for k in _CHECKPOINTED}
         restored = self.manager.restore(step, args=self.ocp.args.Composite(
             state=self.ocp.args.StandardRestore(arrays), history=self.ocp.args.JsonRestore()))
         state = dict(template, **restored["state"], epoch=step)
@@ -222,7 +223,6 @@ def train_layers(activations: np.ndarray, labels: np.ndarray, layers: list[int],
     from tqdm.auto import trange
     for epoch in trange(state["epoch"], config.epochs, desc="train", unit="epoch",
                         initial=state["epoch"], total=config.epochs):
-        state = dict(state, epoch=epoch)
         state, train_loss = trainer.run_epoch(state, pos, neg)
         metrics = validation_metrics(trainer.energies(state["params"], val_pos),
                                      trainer.energies(state["params"], val_neg), config.temperature)
@@ -233,12 +233,11 @@ def train_layers(activations: np.ndarray, labels: np.ndarray, layers: list[int],
                     for i, layer in enumerate(layers)]
         state["epoch"] = epoch + 1
         checkpoints.save(state, history)
-    best = validation_metrics(trainer.energies(state["best_params"], val_pos),
-                              trainer.energies(state["best_params"], val_neg), config.temperature)
+    val_energies = (trainer.energies(state["best_params"], val_pos),
+                    trainer.energies(state["best_params"], val_neg))
     return {"trainer": trainer, "params": state["best_params"], "best_epoch": state["best_epoch"] + 1,
-            "metrics": best, "history": history,
-            "val_energies": (trainer.energies(state["best_params"], val_pos),
-                             trainer.energies(state["best_params"], val_neg)),
+            "metrics": validation_metrics(*val_energies, config.temperature), "history": history,
+            "val_energies": val_energies,
             "counts": {"train_good": len(pos), "train_bad": len(neg), "val_good": len(val_pos),
                        "val_bad": len(val_neg)}}
 
