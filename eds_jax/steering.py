@@ -10,12 +10,14 @@ layer is the energy before the first step.
 """
 from __future__ import annotations
 
+import copy
 from typing import Mapping, Optional, Union
 
 import jax
 import jax.numpy as jnp
 
 from eds_jax.ebm import EBM
+from models.pretrained import check_intervention_layers
 
 _EPS = 1e-8
 
@@ -90,10 +92,7 @@ class Steering:
 
     def check_model(self, config) -> None:
         """Raise a clear error when these EBMs cannot steer a model with `config`."""
-        bad = [layer for layer in self.layers if layer >= config.num_layers]
-        if bad:
-            raise ValueError(f"steered layers {bad} are out of range for a model with "
-                             f"{config.num_layers} layers (expected 0..{config.num_layers - 1})")
+        check_intervention_layers(self.layers, config)
         if self.input_dim != config.hidden_size:
             raise ValueError(f"EBM input width {self.input_dim} != model hidden size "
                              f"{config.hidden_size}; these EBMs were trained on another model")
@@ -102,8 +101,7 @@ class Steering:
         """The same steering with a dropout key unique to this forward call."""
         if not self.dropout_at_inference:
             return self
-        leaves, treedef = jax.tree_util.tree_flatten(self)
-        steered = jax.tree_util.tree_unflatten(treedef, leaves)
+        steered = copy.copy(self)
         steered.dropout_key = jax.random.fold_in(self.dropout_key, call_index)
         return steered
 

@@ -146,15 +146,19 @@ def prompt_positions(attention_mask: jax.Array) -> jax.Array:
     return jnp.maximum(jnp.cumsum(attention_mask.astype(jnp.int32), axis=-1) - 1, 0)
 
 
+def check_intervention_layers(layers, config: ModelConfig) -> None:
+    bad = [layer for layer in layers if not 0 <= layer < config.num_layers]
+    if bad:
+        raise ValueError(f"intervention layers {bad} are out of range for a model with "
+                         f"{config.num_layers} layers (expected 0..{config.num_layers - 1})")
+
+
 def apply_model(config: ModelConfig, dtype: str, params, input_ids, positions, kv_cache,
                 cache_index, kv_mask, intervention: Optional[Intervention] = None,
                 output_hidden_states: bool = False, last_logits_only: bool = False) -> TransformerOutput:
     """One call of the transformer; used by `forward` and by the decode loop."""
     if intervention is not None:
-        bad = [layer for layer in intervention.layers if not 0 <= layer < config.num_layers]
-        if bad:
-            raise ValueError(f"intervention layers {bad} are out of range for a model with "
-                             f"{config.num_layers} layers (expected 0..{config.num_layers - 1})")
+        check_intervention_layers(intervention.layers, config)
     module = CausalLM(config, resolve_dtype(dtype))
     return module.apply({"params": params}, input_ids, positions, kv_cache, cache_index, kv_mask,
                         intervention=intervention, output_hidden_states=output_hidden_states,
