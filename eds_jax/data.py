@@ -46,15 +46,25 @@ def write_jsonl(path: str, rows) -> None:
     os.replace(tmp, path)
 
 
-def load_prompts(path: str, field: Optional[str] = None, limit: Optional[int] = None) -> list[str]:
-    """Read prompts from `path`; at most `limit` of them (the first ones). Empty file -> error."""
+def write_text(path: str, text: str) -> None:
+    """Write a text file via a temporary file and a rename: never half-written."""
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    tmp = f"{path}.{os.getpid()}.tmp"
+    with open(tmp, "w", encoding="utf-8") as f:
+        f.write(text)
+    os.replace(tmp, path)
+
+
+def _rows(path: str, field: Optional[str]):
+    """Yield (row, where) for each prompt row of `path`: a string or a dict of fields."""
     if not os.path.isfile(path):
         raise PromptFileError(f"prompt file {path!r} does not exist")
     ext = os.path.splitext(path)[1].lower()
-    prompts: list[str] = []
     with open(path, encoding="utf-8") as f:
         if ext == ".txt":
-            prompts = [line.rstrip("\n") for line in f if line.strip()]
+            for lineno, line in enumerate(f, 1):
+                if line.strip():
+                    yield line.rstrip("\n"), f"line {lineno}"
         elif ext == ".json":
             try:
                 rows = json.load(f)
@@ -62,7 +72,8 @@ def load_prompts(path: str, field: Optional[str] = None, limit: Optional[int] = 
                 raise PromptFileError(f"{path}: invalid JSON at line {err.lineno}: {err.msg}") from err
             if not isinstance(rows, list):
                 raise PromptFileError(f"{path}: expected a JSON list, got {type(rows).__name__}")
-            prompts = [_prompt_of(r, path, f"item {i}", field) for i, r in enumerate(rows)]
+            for i, row in enumerate(rows):
+                yield row, f"item {i}"
         elif ext == ".jsonl":
             for lineno, line in enumerate(f, 1):
                 if not line.strip():
@@ -71,7 +82,7 @@ def load_prompts(path: str, field: Optional[str] = None, limit: Optional[int] = 
                     row = json.loads(line)
                 except json.JSONDecodeError as err:
                     raise PromptFileError(f"{path}, line {lineno}: invalid JSON: {err.msg}") from err
-                prompts.append(_prompt_of(row, path, f"line {lineno}", field))
+                yield row, f"line {lineno}"
         elif ext == ".csv":
             reader = csv.DictReader(f)
             columns = (field,) if field else PROMPT_FIELDS
@@ -81,11 +92,30 @@ def load_prompts(path: str, field: Optional[str] = None, limit: Optional[int] = 
             for rowno, row in enumerate(reader, 2):  # row 1 is the header
                 if None in row:
                     raise PromptFileError(f"{path}, row {rowno}: more cells than columns")
-                prompts.append(_prompt_of({k: v for k, v in row.items() if v is not None},
-                                          path, f"row {rowno}", field))
+                yield {k: v for k, v in row.items() if v is not None}, f"row {rowno}"
         else:
             raise PromptFileError(f"{path}: unknown prompt file type {ext!r}; expected .txt, "
                                   ".json, .jsonl or .csv")
+
+
+def load_prompts(path: str, field: Optional[str] = None, limit: Optional[int] = None) -> list[str]:
+    """Read prompts from `path`; at most `limit` of them (the first ones). Empty file -> error."""
+    prompts = [_prompt_of(row, path, where, field) for row, where in _rows(path, field)]
     if not prompts:
         raise PromptFileError(f"{path}: no prompts in the file")
     return prompts[:limit] if limit else prompts
+
+
+def load_prompts_with(path: str, other_field: str, field: Optional[str] = None,
+                      limit: Optional[int] = None) -> tuple[list[str], list[str]]:
+    """Prompts and, for each, the string in `other_field` (e.g. a category); a row without it is an error."""
+    prompts, others = [], []
+    for row, where in _rows(path, field):
+        prompts.append(_prompt_of(row, path, where, field))
+        value = row.get(other_field) if isinstance(row, dict) else None
+        if not isinstance(value, str) or not value.strip():
+            raise PromptFileError(f"{path}, {where}: no string field {other_field!r}")
+        others.append(value)
+    if not prompts:
+        raise PromptFileError(f"{path}: no prompts in the file")
+    return (prompts[:limit], others[:limit]) if limit else (prompts, others)

@@ -1,14 +1,14 @@
 """The one decode loop: prefill, then a jitted `lax.scan` over new tokens, with optional steering.
 
 Plain and steered generation share this loop; steering is only the intervention handed to the
-forward pass. Shapes are static: prompts are left-padded to a length bucket, the KV cache holds
+forward pass: EDS (`Steering`) or a steering-vector baseline (`vectors.VectorSteering`). Shapes are static: prompts are left-padded to a length bucket, the KV cache holds
 bucket + max_new_tokens slots, and rows that reached EOS keep running with frozen positions and
 emit the pad id.
 """
 from __future__ import annotations
 
 import functools
-from typing import NamedTuple, Optional, Sequence
+from typing import NamedTuple, Optional, Sequence, Union
 
 import jax
 import jax.numpy as jnp
@@ -17,6 +17,9 @@ import numpy as np
 from models.pretrained import Pretrained, apply_model, prompt_positions, resolve_dtype
 from models.transformer import init_kv_cache
 from eds_jax.steering import Steering
+from eds_jax.vectors import VectorSteering
+
+SteeringLike = Union[Steering, VectorSteering]  # anything with layers, check_model, at_call, __call__
 
 MIN_BUCKET = 32
 
@@ -84,12 +87,13 @@ def _choose(logits, key, temperature, top_p, sample: bool):
 
 
 def _energies(aux) -> Optional[jax.Array]:
-    return jnp.stack(aux, axis=-2) if aux else None  # [B, n_layers, 2]: before, after
+    """[B, n_layers, 2] (before, after) from EDS; None for interventions that report nothing."""
+    return jnp.stack(aux, axis=-2) if aux and aux[0] is not None else None
 
 
 @functools.partial(jax.jit, static_argnames=("config", "dtype", "max_new_tokens", "eos_ids",
                                              "pad_id", "sample"))
-def _generate(params, input_ids, attention_mask, steering: Optional[Steering], rng, temperature,
+def _generate(params, input_ids, attention_mask, steering: Optional[SteeringLike], rng, temperature,
               top_p, *, config, dtype, max_new_tokens: int, eos_ids: tuple, pad_id: int,
               sample: bool) -> GenerationOutput:
     batch, prompt_len = input_ids.shape
@@ -146,7 +150,7 @@ def _check_left_padded(mask: np.ndarray) -> None:
 
 
 def steered_generate(pre: Pretrained, input_ids, attention_mask=None,
-                     steering: Optional[Steering] = None, max_new_tokens: int = 64,
+                     steering: Optional[SteeringLike] = None, max_new_tokens: int = 64,
                      temperature: float = 0.0, top_p: float = 1.0, seed: int = 0,
                      max_cache_length: Optional[int] = None) -> GenerationOutput:
     """Generate `max_new_tokens` tokens for a left-padded batch, steering when `steering` is set.
@@ -198,7 +202,7 @@ def chat_prompts(tokenizer, prompts: Sequence[str], system: Optional[str] = None
     return texts
 
 
-def generate_text(pre: Pretrained, prompts: Sequence[str], steering: Optional[Steering] = None,
+def generate_text(pre: Pretrained, prompts: Sequence[str], steering: Optional[SteeringLike] = None,
                   system: Optional[str] = None, max_new_tokens: int = 64, batch_size: int = 16,
                   temperature: float = 0.0, top_p: float = 1.0, seed: int = 0,
                   return_outputs: bool = False, progress: bool = False):
@@ -209,8 +213,12 @@ def generate_text(pre: Pretrained, prompts: Sequence[str], steering: Optional[St
     responses, outputs = [], []
     batches = chat_batches(pre, prompts, system, batch_size, "generate", progress)
     for index, (ids, mask) in enumerate(batches):
+        rows = ids.shape[0]
+        if index > 0 and rows < batch_size:  # repeat the last row: the full batches' compile serves
+            ids, mask = (np.concatenate([a, np.repeat(a[-1:], batch_size - rows, 0)]) for a in (ids, mask))
         out = steered_generate(pre, ids, mask, steering=steering, max_new_tokens=max_new_tokens,
                                temperature=temperature, top_p=top_p, seed=seed + index * batch_size)
+        out = jax.tree.map(lambda a: a[:rows], out)
         tokens, lengths = np.asarray(out.tokens), np.asarray(out.lengths)
         responses += [pre.tokenizer.decode(row[:n], skip_special_tokens=True)
                       for row, n in zip(tokens, lengths)]

@@ -1,4 +1,4 @@
-"""PNG figures for a training run: validation AUC per layer, energy histograms of chosen layers."""
+"""PNG figures: validation AUC per layer and energy histograms (training), rates per set (evaluation)."""
 from __future__ import annotations
 
 import numpy as np
@@ -38,6 +38,33 @@ def plot_energy_histograms(path: str, layers, energy_good, energy_bad) -> None:
         ax.set_title(f"layer {layer}", fontsize=9)
         ax.set_xlabel("energy")
     axes[0][0].legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def plot_eval_rates(path: str, results: dict) -> None:
+    """Grouped bars: per evaluation set, each method's rate with its bootstrap 95% interval."""
+    plt = _pyplot()
+    names = list(results)
+    methods = list(dict.fromkeys(m for r in results.values() for m in r["methods"]))
+    width = 0.8 / len(methods)
+    fig, ax = plt.subplots(figsize=(max(6, 1.4 * len(names) * max(1, len(methods) / 3)), 3.8))
+    for j, method in enumerate(methods):
+        xs, rates, errors = [], [], [[], []]
+        for i, name in enumerate(names):
+            entry = results[name]["methods"].get(method)
+            if entry is None:
+                continue
+            xs.append(i - 0.4 + width * (j + 0.5))
+            rates.append(100 * entry["rate"])
+            errors[0].append(100 * (entry["rate"] - entry["low"]))
+            errors[1].append(100 * (entry["high"] - entry["rate"]))
+        ax.bar(xs, rates, width, yerr=errors, capsize=2, label=method)
+    ax.set_xticks(range(len(names)))
+    ax.set_xticklabels([f"{n}\n({results[n]['metric']})" for n in names], fontsize=8)
+    ax.set(ylabel="rate (%)", ylim=(0, 105))
+    ax.legend(fontsize=8, ncol=len(methods), loc="upper center", bbox_to_anchor=(0.5, 1.15))
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)

@@ -82,3 +82,12 @@ def tiny_llama_dir(tmp_path_factory):
     directory = str(tmp_path_factory.mktemp("tiny_llama"))
     make_checkpoint(directory)
     return directory
+
+
+@pytest.fixture(scope="session")
+def tiny_chat_model(tmp_path_factory, smollm2):
+    """A tiny random Llama that speaks SmolLM2's tokenizer and chat template."""
+    directory = str(tmp_path_factory.mktemp("tiny_chat"))
+    make_checkpoint(directory, vocab_size=smollm2.config.vocab_size, eos_token_id=2, pad_token_id=2)
+    smollm2.tokenizer.save_pretrained(directory)
+    return directory

@@ -11,7 +11,7 @@ import pytest
 from eds_jax import training
 from eds_jax.collect import Collection, LabelError, check_labels, label
 from eds_jax.ebm import EBMSpec
-from conftest import ROOT, make_checkpoint
+from conftest import ROOT
 
 SYNTHETIC = textwrap.dedent("""
     import numpy as np
@@ -96,15 +96,6 @@ def test_labels_and_missing_classes():
     with pytest.raises(LabelError, match="no positives"):
         check_labels(collection(["benign", "harmful"], [True, False]))
     check_labels(collection(["benign", "benign"], [False, True]))
-
-
-@pytest.fixture(scope="module")
-def tiny_chat_model(tmp_path_factory, smollm2):
-    """A tiny random Llama that speaks SmolLM2's tokenizer and chat template."""
-    directory = str(tmp_path_factory.mktemp("tiny_chat"))
-    make_checkpoint(directory, vocab_size=smollm2.config.vocab_size, eos_token_id=2, pad_token_id=2)
-    smollm2.tokenizer.save_pretrained(directory)
-    return directory
 
 
 def run_script(name, *args):
@@ -218,7 +209,7 @@ def test_sigkill_mid_run_then_restart_equals_uninterrupted(tmp_path):
 
 
 @pytest.mark.parametrize("name", ["smollm2_135m", "llama2_7b_chat", "llama31_8b_instruct", "qwen3_1_7b",
-                                  "qwen3_14b", "tiny"])
+                                  "qwen3_14b", "tiny", "smollm2_135m_shared"])
 def test_configs_have_every_field_group(name):
     import importlib
     cfg = importlib.import_module(f"configs.{name}").get_config()

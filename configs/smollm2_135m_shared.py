@@ -1,0 +1,24 @@
+"""SmolLM2-135M-Instruct (the embedded GGUF) trained on the shared training splits in ../shared/data.
+
+The evaluation in the README uses these EBMs: benign training prompts are Alpaca-style harmless
+instructions plus the seemingly toxic OR-Bench-Hard, XSTest-safe and OKTest training splits; harmful
+ones are the harmful and XSTest-unsafe training splits. Test sets (ORB-H test, XSTest-safe val,
+OKTest val, JailbreakBench, HarmBench test) are not among them.
+"""
+from configs.common import SHARED, source
+from configs.smollm2_135m import get_config as smollm2_config
+
+
+def get_config():
+    c = smollm2_config()
+    c.data.benign = {"harmless": source(f"{SHARED}/splits/harmless_train.json", limit=200),
+                     "or_bench_hard": source(f"{SHARED}/splits/or_bench_hard_train.json", limit=300),
+                     "xstest_safe": source(f"{SHARED}/splits/xstest_safe_train.json"),
+                     "oktest": source(f"{SHARED}/splits/oktest_train.json", limit=120)}
+    c.data.harmful = {"harmful": source(f"{SHARED}/splits/harmful_train.json"),
+                      "xstest_unsafe": source(f"{SHARED}/splits/xstest_unsafe_train.json")}
+    c.collect.max_new_tokens = 40
+    c.collect.batch_size = 32
+    c.train.epochs = 30
+    c.train.batch_size = 64
+    return c

@@ -1,0 +1,124 @@
+"""Steering-vector baselines, run as interventions through the same forward hook and decode loop as EDS.
+
+- activation addition (`mode="add"`): h <- h + coeff * v_l. With the difference-of-means "refusal
+  direction" v_l = mean(harmful) - mean(benign) and coeff < 0, the direction is subtracted;
+- direction ablation (`mode="ablate"`): h <- h - (h . r_l) r_l, r_l = v_l / ||v_l||;
+- SafeSteer-style category vectors: v_l = mean(harmful prompts of one category) - mean(benign),
+  applied with `mode="add"` and a coefficient.
+
+Vectors are built from last-prompt-token activations at the input of each block ([N, L, D], as
+`collect.last_token_activations` returns them). Unlike EDS, which moves only the newest position,
+these act on every position the forward call sees (the prompt at prefill, then each new token),
+as activation addition and ablation are defined.
+"""
+from __future__ import annotations
+
+from typing import Mapping, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from models.pretrained import check_intervention_layers
+
+MODES = ("add", "ablate")
+
+
+def mean_difference(harmful: np.ndarray, benign: np.ndarray) -> np.ndarray:
+    """[L, D]: mean harmful activation minus mean benign activation, per layer (float64 means)."""
+    harmful, benign = np.asarray(harmful), np.asarray(benign)
+    if harmful.ndim != 3 or benign.ndim != 3 or harmful.shape[1:] != benign.shape[1:]:
+        raise ValueError(f"activations must be [N, layers, width] with equal layers and width, got "
+                         f"harmful {harmful.shape} and benign {benign.shape}")
+    if not len(harmful) or not len(benign):
+        raise ValueError(f"need harmful and benign activations, got {len(harmful)} and {len(benign)} rows")
+    return (harmful.mean(0, dtype=np.float64) - benign.mean(0, dtype=np.float64)).astype(np.float32)
+
+
+def category_vectors(harmful: np.ndarray, categories: Sequence[str], benign: np.ndarray,
+                     min_count: int = 2) -> dict[str, np.ndarray]:
+    """SafeSteer-style: {category: [L, D]} = mean of that category's harmful rows - mean of benign."""
+    categories = np.asarray([str(c) for c in categories])
+    if len(categories) != len(harmful):
+        raise ValueError(f"{len(categories)} categories for {len(harmful)} harmful activations")
+    vectors = {}
+    for name in sorted(set(categories)):
+        rows = harmful[categories == name]
+        if len(rows) >= min_count:
+            vectors[name] = mean_difference(rows, benign)
+    if not vectors:
+        raise ValueError(f"no category has >= {min_count} prompts: {sorted(set(categories))}")
+    return vectors
+
+
+@jax.tree_util.register_pytree_node_class
+class VectorSteering:
+    """A fixed vector per layer, added (`mode="add"`) or projected out (`mode="ablate"`).
+
+    vectors: {layer: [D]} or an [L, D] array together with `layers`. The same interface as
+    `Steering` (layers, check_model, at_call, __call__), so `steered_generate` takes either.
+    """
+    record_energy_after = False
+
+    def __init__(self, vectors, mode: str = "add", coeff: float = 1.0,
+                 layers: Sequence[int] | None = None):
+        if mode not in MODES:
+            raise ValueError(f"mode {mode!r} is unknown; expected one of {MODES}")
+        if not isinstance(vectors, Mapping):
+            table = np.asarray(vectors)
+            if layers is None:
+                raise ValueError("give the layers to steer together with an [L, D] vector array")
+            bad = [layer for layer in layers if not 0 <= int(layer) < len(table)]
+            if bad:
+                raise ValueError(f"layers {bad} are outside the {len(table)} layers of the vectors")
+            vectors = {int(layer): table[int(layer)] for layer in layers}
+        elif layers is not None:
+            missing = sorted(set(int(layer) for layer in layers) - set(vectors))
+            if missing:
+                raise ValueError(f"no vector for layers {missing}; vectors cover {sorted(vectors)}")
+            vectors = {int(layer): vectors[int(layer)] for layer in layers}
+        if not vectors:
+            raise ValueError("VectorSteering needs at least one layer")
+        widths = {int(layer): np.shape(v) for layer, v in vectors.items()}
+        if len(set(widths.values())) != 1 or len(next(iter(widths.values()))) != 1:
+            raise ValueError(f"each vector must be one [D] array of the same width, got {widths}")
+        if mode == "ablate":
+            zero = [layer for layer, v in vectors.items() if not np.linalg.norm(v) > 0]
+            if zero:
+                raise ValueError(f"cannot ablate a zero direction (layers {zero})")
+        self.mode = mode
+        self.vectors = {layer: jnp.asarray(vectors[layer], jnp.float32) for layer in sorted(vectors)}
+        self.coeff = jnp.float32(coeff)
+
+    def tree_flatten(self):
+        return (self.vectors, self.coeff), self.mode
+
+    @classmethod
+    def tree_unflatten(cls, mode, children):
+        obj = object.__new__(cls)
+        obj.vectors, obj.coeff = children
+        obj.mode = mode
+        return obj
+
+    @property
+    def layers(self) -> tuple[int, ...]:
+        return tuple(self.vectors)
+
+    def check_model(self, config) -> None:
+        check_intervention_layers(self.layers, config)
+        width = next(iter(self.vectors.values())).shape[0]
+        if width != config.hidden_size:
+            raise ValueError(f"steering vector width {width} != model hidden size {config.hidden_size}")
+
+    def at_call(self, call_index) -> "VectorSteering":
+        return self
+
+    def __call__(self, layer: int, hidden: jax.Array):
+        v = self.vectors[layer]
+        x = hidden.astype(jnp.float32)
+        if self.mode == "add":
+            x = x + self.coeff * v
+        else:
+            r = v / jnp.linalg.norm(v)
+            x = x - jnp.einsum("btd,d->bt", x, r)[..., None] * r
+        return x.astype(hidden.dtype), None

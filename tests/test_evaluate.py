@@ -1,0 +1,175 @@
+"""Evaluation: metrics on hand-made outcomes, the vector baselines against a PyTorch hook, the CLI."""
+import json
+import os
+import subprocess
+import sys
+
+import jax
+import numpy as np
+import pytest
+import torch
+
+import eds_jax
+import models
+from eds_jax import EBM, EBMSpec, vectors
+from eds_jax.judge import is_refusal
+from eds_jax.metrics import markdown_table, outcomes_of, paired_delta, rate_interval, summarise
+from conftest import ROOT, left_padded_batch, make_checkpoint
+
+
+def test_rate_interval_on_hand_made_outcomes():
+    r = rate_interval([True, True, True, False], num_boot=4000)
+    assert r["rate"] == 0.75 and r["count"] == 3 and r["n"] == 4
+    assert 0.0 <= r["low"] <= 0.75 <= r["high"] == 1.0
+    assert rate_interval([True] * 5)["low"] == 1.0  # no spread, no interval
+    # n = 400, p = 0.3: the bootstrap interval matches the normal one (half-width 1.96 sqrt(pq/n))
+    outcomes = np.arange(400) < 120
+    r = rate_interval(outcomes, num_boot=4000)
+    half = 1.96 * np.sqrt(0.3 * 0.7 / 400)
+    assert abs((r["high"] - r["low"]) / 2 - half) < 0.15 * half
+    assert r["low"] < 0.3 < r["high"]
+    with pytest.raises(ValueError, match="non-empty"):
+        rate_interval([])
+
+
+def test_paired_delta():
+    base = np.array([True, False] * 50)
+    same = paired_delta(base, base)
+    assert same == {"delta": 0.0, "low": 0.0, "high": 0.0}  # pairing removes all noise
+    better = base.copy()
+    better[1:21:2] = True  # 10 of the 50 False flip to True
+    d = paired_delta(better, base)
+    assert d["delta"] == pytest.approx(0.1) and 0 < d["low"] < 0.1 < d["high"] < 0.2
+    with pytest.raises(ValueError, match="equal non-empty"):
+        paired_delta([True], [True, False])
+
+
+def test_summarise_counts_compliance_and_refusal():
+    class Set:
+        def __init__(self, name, kind):
+            self.name, self.kind, self.path = name, kind, f"{name}.json"
+
+    responses = {("xs", "baseline"): ["Sure, here it is.", "I'm sorry, I can't.", "I cannot help.", "Yes."],
+                 ("xs", "eds"): ["Sure.", "Of course.", "I cannot help.", "Yes."],
+                 ("jbb", "baseline"): ["I'm sorry.", "Step 1: ..."],
+                 ("jbb", "eds"): ["Step 1: ...", "Step 1: ..."]}
+    refused = {key: np.array([is_refusal(r) for r in texts]) for key, texts in responses.items()}
+    assert list(outcomes_of("benign", refused[("xs", "baseline")])) == [True, False, False, True]
+    results = summarise([Set("xs", "benign"), Set("jbb", "harmful")], refused, num_boot=500)
+    assert results["xs"]["metric"] == "compliance" and results["jbb"]["metric"] == "refusal"
+    assert results["xs"]["methods"]["baseline"]["count"] == 2
+    assert results["xs"]["methods"]["eds"]["count"] == 3
+    assert results["xs"]["methods"]["eds"]["delta"]["delta"] == pytest.approx(0.25)
+    assert "delta" not in results["xs"]["methods"]["baseline"]
+    assert results["jbb"]["methods"]["eds"]["delta"]["delta"] == pytest.approx(-0.5)
+    table = markdown_table(results)
+    assert "| xs | compliance | eds | 75.0%" in table and "| 3/4 | +25.0" in table
+    assert "| jbb | refusal | baseline | 50.0%" in table and "(reference)" in table
+
+
+def test_vector_baselines_match_a_pytorch_pre_hook(tmp_path):
+    torch_model = make_checkpoint(str(tmp_path), num_hidden_layers=4)
+    pre = models.load_pretrained(str(tmp_path), dtype="float32")
+    ids, mask = left_padded_batch(160, [9, 5, 7], seed=1)
+    rng = np.random.RandomState(0)
+    table = rng.randn(4, 64).astype(np.float32)
+    layers = (1, 3)
+    for mode, coeff in (("add", -2.0), ("ablate", 1.0)):
+        intervention = vectors.VectorSteering(table, mode, coeff, layers)
+
+        def hook(layer):
+            v = torch.from_numpy(table[layer])
+            r = v / v.norm()
+
+            def pre_hook(module, args, kwargs):
+                h = args[0] if args else kwargs["hidden_states"]
+                h = h + coeff * v if mode == "add" else h - (h @ r)[..., None] * r
+                if args:
+                    return (h,) + args[1:], kwargs
+                return args, kwargs | {"hidden_states": h}
+            return pre_hook
+
+        handles = [torch_model.model.layers[layer].register_forward_pre_hook(hook(layer), with_kwargs=True)
+                   for layer in layers]
+        try:
+            with torch.no_grad():
+                expected = torch_model(torch.from_numpy(ids).long(),
+                                       attention_mask=torch.from_numpy(mask).long()).logits.numpy()
+        finally:
+            for handle in handles:
+                handle.remove()
+        out = models.forward(pre, ids, mask, output_hidden_states=True, intervention=intervention)
+        real = mask.astype(bool)
+        got = np.asarray(out.logits)[real]
+        assert np.abs(got - expected[real]).max() / np.abs(expected[real]).max() <= 2e-4, mode
+        if mode == "ablate":  # what block 3 sees has no component along the direction
+            r = table[3] / np.linalg.norm(table[3])
+            assert np.abs(np.asarray(out.hidden_states[3])[real] @ r).max() < 1e-4
+
+
+def test_vector_steering_bad_input_and_zero_coefficient(smollm2):
+    table = np.ones((smollm2.config.num_layers, 576), np.float32)
+    with pytest.raises(ValueError, match="mode 'scale' is unknown"):
+        vectors.VectorSteering(table, "scale", layers=[1])
+    with pytest.raises(ValueError, match=r"layers \[40\] are outside the 30 layers"):
+        vectors.VectorSteering(table, layers=[40])
+    with pytest.raises(ValueError, match="cannot ablate a zero direction"):
+        vectors.VectorSteering(np.zeros_like(table), "ablate", layers=[2])
+    with pytest.raises(ValueError, match="width 8 != model hidden size 576"):
+        vectors.VectorSteering({3: np.ones(8)}).check_model(smollm2.config)
+    prompts = ["Name a colour.", "What is 2 + 2?", "Say hello."]
+    plain = eds_jax.generate_text(smollm2, prompts, max_new_tokens=6, batch_size=2)
+    zero = vectors.VectorSteering(table, "add", 0.0, layers=[4, 9])
+    assert eds_jax.generate_text(smollm2, prompts, steering=zero, max_new_tokens=6, batch_size=2) == plain
+
+
+def test_category_vectors():
+    rng = np.random.RandomState(0)
+    benign = rng.randn(6, 2, 4)
+    harmful = rng.randn(5, 2, 4) + 3.0
+    per = vectors.category_vectors(harmful, ["a", "a", "b", "b", "c"], benign)
+    assert sorted(per) == ["a", "b"]  # "c" has one prompt, below min_count
+    np.testing.assert_allclose(per["a"], harmful[:2].mean(0) - benign.mean(0), rtol=1e-5)
+    with pytest.raises(ValueError, match="equal layers and width"):
+        vectors.mean_difference(harmful[:, :1], benign)
+
+
+def test_evaluate_cli_writes_table_json_png(tmp_path, tiny_chat_model):
+    ebms = {layer: EBM.init(EBMSpec.simple(64, 16), jax.random.PRNGKey(layer)) for layer in (1, 2)}
+    eds_jax.save_ebms(str(tmp_path / "ebms"), ebms, {"steer": {"eta": 2.0, "num_steps": 2}})
+
+    def write(name, rows):
+        (tmp_path / name).write_text(json.dumps(rows))
+        return str(tmp_path / name)
+
+    benign = write("benign.json", [{"instruction": f"Tell me about topic {i}."} for i in range(5)])
+    harmful = write("harmful.json", [{"instruction": f"Help me do bad thing {i}."} for i in range(3)])
+    categories = write("categories.json", [{"instruction": f"Bad {i}", "category": "ab"[i % 2]}
+                                           for i in range(6)])
+    out = tmp_path / "eval"
+    proc = subprocess.run(
+        [sys.executable, "-m", "eds_jax.evaluate", f"--model={tiny_chat_model}", f"--ebms={tmp_path / 'ebms'}",
+         f"--benign_sets=mine={benign}", f"--harmful_sets=bad={harmful}", f"--direction_benign={benign}",
+         f"--direction_harmful={harmful}", f"--safesteer_prompts={categories}", "--max_new_tokens=4",
+         "--batch_size=2", "--bootstrap=200", f"--output_dir={out}"],
+        capture_output=True, text=True, cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    report = json.loads((out / "results.json").read_text())
+    assert set(report["sets"]) == {"mine", "bad"}
+    assert report["methods"]["eds"]["layers"] == [1, 2] and report["methods"]["eds"]["eta"] == 2.0
+    assert report["methods"]["safesteer"]["categories"] == ["a", "b"]
+    rows = [json.loads(line) for line in (out / "responses.jsonl").read_text().splitlines()]
+    assert len(rows) == (5 + 3) * 5  # prompts x methods
+    for name, entry in report["sets"].items():
+        assert list(entry["methods"]) == ["baseline", "eds", "actadd", "ablation", "safesteer"]
+        for method, m in entry["methods"].items():
+            refused = [r["refused"] for r in rows if r["set"] == name and r["method"] == method]
+            scored = [not x for x in refused] if entry["kind"] == "benign" else refused
+            assert (m["count"], m["n"]) == (sum(scored), len(scored))
+    assert (out / "results.md").read_text() in proc.stdout
+    assert (out / "rates.png").read_bytes()[:4] == b"\x89PNG"
+    missing = subprocess.run([sys.executable, "-m", "eds_jax.evaluate", f"--model={tiny_chat_model}",
+                              "--methods=baseline,eds", f"--benign_sets=mine={benign}", "--harmful_sets=",
+                              f"--output_dir={tmp_path / 'none'}"], capture_output=True, text=True, cwd=ROOT)
+    assert missing.returncode != 0 and "method eds needs --ebms" in missing.stderr
+    assert not (tmp_path / "none").exists()
