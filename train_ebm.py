@@ -71,11 +71,11 @@ def run(cfg, workdir: str) -> dict:
     maybe_initialize_distributed(cfg)
     os.makedirs(workdir, exist_ok=True)
     mesh = training.make_mesh(cfg.mesh.data, cfg.mesh.model)
-    # the LLM's weights are split over the mesh's `model` axis (so 8B+ fits across chips)
-    from models.sharding import param_shardings
-    shardings = (lambda config: param_shardings(config, mesh)) if mesh.shape["model"] > 1 else None
+    # the LLM's weights are split over the mesh's `model` axis (so 8B+ fits across chips) and
+    # replicated over `data`; collection batches are split over `data`
+    from models.sharding import batch_sharding, param_shardings
     pre = models.load_pretrained(resolve_model_source(cfg.model.source), dtype=cfg.model.dtype,
-                                 shardings=shardings)
+                                 shardings=lambda config: param_shardings(config, mesh))
     # before collection, so a bad EBM or training setting fails in seconds, not after generation
     spec = EBMSpec.build(cfg.ebm.architecture, pre.config.hidden_size, cfg.ebm.hidden_dim,
                          tuple(cfg.ebm.hidden_dims), cfg.ebm.dropout_rate, cfg.ebm.use_layernorm)
@@ -84,7 +84,8 @@ def run(cfg, workdir: str) -> dict:
     benign = collection_lib.read_sources(cfg.data.benign, cfg.data.seed)
     harmful = collection_lib.read_sources(cfg.data.harmful, cfg.data.seed)
     data = collection_lib.collect(pre, benign, harmful, os.path.join(workdir, "collect"),
-                                  cfg.collect.to_dict(), get_judge(cfg.collect.judge))
+                                  cfg.collect.to_dict(), get_judge(cfg.collect.judge),
+                                  batch_sharding=batch_sharding(mesh))
     counts = data.counts()
     logging.info("label counts: %s", counts)
     print(f"label counts: {counts}")

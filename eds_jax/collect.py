@@ -18,7 +18,7 @@ from typing import Callable, Optional, Sequence
 import numpy as np
 
 from eds_jax.data import load_prompts, write_jsonl
-from eds_jax.decoding import bucket_length, chat_batches, generate_text, pad_to_bucket
+from eds_jax.decoding import bucket_length, chat_batches, generate_text, pad_rows, pad_to_bucket
 
 BENIGN, HARMFUL = "benign", "harmful"
 
@@ -70,16 +70,30 @@ def read_sources(sources, seed: int) -> list[str]:
 
 
 def last_token_activations(pre, prompts: Sequence[str], system: Optional[str], batch_size: int,
-                           progress: bool = True) -> np.ndarray:
-    """[N, L, D] float32: the input of every block at the last prompt token, one forward per batch."""
+                           progress: bool = True, batch_sharding=None) -> np.ndarray:
+    """[N, L, D] float32: the input of every block at the last prompt token, one forward per batch.
+
+    With `batch_sharding`, each batch's rows are split over the mesh's data axis (and processes).
+    """
+    import jax.numpy as jnp
     import models
+    from models.sharding import gather_rows, row_multiple, shard_rows
     chunks = []
-    for ids, mask in chat_batches(pre, prompts, system, batch_size, "activations", progress):
-        # one compile per length bucket
+    for index, (ids, mask) in enumerate(chat_batches(pre, prompts, system, batch_size, "activations",
+                                                     progress)):
+        rows = ids.shape[0]
+        # one compile per length bucket; a short last batch reuses the full batches' compile
         ids, mask = pad_to_bucket(ids, mask, pre.pad_token_id, bucket_length(ids.shape[1]))
+        padded = batch_size if index > 0 else rows
+        if batch_sharding is not None:
+            shards = row_multiple(batch_sharding)
+            padded = -(-padded // shards) * shards
+        ids, mask = pad_rows((ids, mask), padded)
+        if batch_sharding is not None:
+            ids, mask = shard_rows((ids, mask), batch_sharding)
         out = models.forward(pre, ids, mask, output_hidden_states=True)
-        per_layer = [np.asarray(h[:, -1], np.float32) for h in out.hidden_states[:pre.config.num_layers]]
-        chunks.append(np.stack(per_layer, axis=1))
+        last = jnp.stack([h[:, -1] for h in out.hidden_states[:pre.config.num_layers]], axis=1)
+        chunks.append(gather_rows(last.astype(jnp.float32))[:rows])
     return np.concatenate(chunks)
 
 
@@ -91,8 +105,12 @@ def _fingerprint(pre, prompts, kinds, collect_config) -> str:
 
 
 def collect(pre, benign: Sequence[str], harmful: Sequence[str], directory: str, collect_config,
-            judge: Callable[[str], bool]) -> Collection:
-    """Generate, judge, label and extract, or reuse what `directory` already holds for these inputs."""
+            judge: Callable[[str], bool], batch_sharding=None) -> Collection:
+    """Generate, judge, label and extract, or reuse what `directory` already holds for these inputs.
+
+    `batch_sharding` splits each batch's rows over the mesh's data axis: on a multi-host run every
+    process reads the same prompts but places and computes only its share of each batch.
+    """
     if not benign and not harmful:
         raise LabelError("no prompts: both the benign and the harmful sources are empty")
     prompts = list(benign) + list(harmful)
@@ -111,7 +129,7 @@ def collect(pre, benign: Sequence[str], harmful: Sequence[str], directory: str, 
     else:
         responses = generate_text(pre, prompts, system=system,
                                   max_new_tokens=int(collect_config["max_new_tokens"]),
-                                  batch_size=batch_size, progress=True)
+                                  batch_size=batch_size, progress=True, batch_sharding=batch_sharding)
     refused = np.array([judge(r) for r in responses], bool)
     labels = np.array([label(k, r) for k, r in zip(kinds, refused)], np.int8)
     if not cached:
@@ -122,7 +140,8 @@ def collect(pre, benign: Sequence[str], harmful: Sequence[str], directory: str, 
     if os.path.isfile(activations_path):
         activations = np.load(activations_path)["activations"]
     else:
-        activations = last_token_activations(pre, prompts, system, batch_size)
+        activations = last_token_activations(pre, prompts, system, batch_size,
+                                             batch_sharding=batch_sharding)
         tmp = f"{activations_path}.{os.getpid()}.tmp.npz"
         np.savez(tmp, activations=activations, labels=labels)
         os.replace(tmp, activations_path)

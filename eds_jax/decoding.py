@@ -15,6 +15,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from models.pretrained import Pretrained, apply_model, prompt_positions, resolve_dtype
+from models.sharding import gather_rows, row_multiple, shard_rows
 from models.transformer import init_kv_cache
 from eds_jax.steering import Steering
 from eds_jax.vectors import VectorSteering
@@ -52,6 +53,12 @@ def pad_to_bucket(ids: np.ndarray, mask: np.ndarray, pad_id: int, length: int):
     pad = length - ids.shape[1]
     return (np.pad(ids, ((0, 0), (pad, 0)), constant_values=pad_id).astype(np.int32),
             np.pad(mask, ((0, 0), (pad, 0))).astype(np.int32))
+
+
+def pad_rows(arrays, rows: int) -> tuple:
+    """Repeat each array's last row up to `rows` rows (the extra outputs are dropped by the caller)."""
+    return tuple(np.concatenate([a, np.repeat(a[-1:], rows - a.shape[0], 0)]) if rows > a.shape[0] else a
+                 for a in arrays)
 
 
 def chat_batches(pre: Pretrained, prompts: Sequence[str], system: Optional[str], batch_size: int,
@@ -152,11 +159,14 @@ def _check_left_padded(mask: np.ndarray) -> None:
 def steered_generate(pre: Pretrained, input_ids, attention_mask=None,
                      steering: Optional[SteeringLike] = None, max_new_tokens: int = 64,
                      temperature: float = 0.0, top_p: float = 1.0, seed: int = 0,
-                     max_cache_length: Optional[int] = None) -> GenerationOutput:
+                     max_cache_length: Optional[int] = None, batch_sharding=None) -> GenerationOutput:
     """Generate `max_new_tokens` tokens for a left-padded batch, steering when `steering` is set.
 
     temperature 0 is greedy; otherwise temperature/top-p sampling with a fresh key per step.
     The cache holds at most `max_cache_length` tokens (default: the model's max positions).
+    `batch_sharding` (e.g. `models.sharding.batch_sharding(mesh)`) splits the rows over the mesh's
+    data axis: every process passes the same whole batch, places only its own rows, and gets the
+    whole output back.
     """
     ids = np.asarray(input_ids)
     if ids.ndim != 2 or not np.issubdtype(ids.dtype, np.integer):
@@ -182,10 +192,17 @@ def steered_generate(pre: Pretrained, input_ids, attention_mask=None,
         steering.check_model(config)
     ids, mask = pad_to_bucket(ids, mask, pre.pad_token_id,
                               min(bucket_length(ids.shape[1]), capacity - max_new_tokens))
-    return _generate(pre.params, ids, mask, steering, jax.random.PRNGKey(seed),
-                     jnp.float32(max(temperature, 1e-6)), jnp.float32(top_p), config=config,
-                     dtype=pre.dtype, max_new_tokens=int(max_new_tokens),
-                     eos_ids=pre.eos_token_ids, pad_id=pre.pad_token_id, sample=temperature > 0)
+    rows = ids.shape[0]
+    if batch_sharding is not None:
+        shards = row_multiple(batch_sharding)
+        ids, mask = shard_rows(pad_rows((ids, mask), -(-rows // shards) * shards), batch_sharding)
+    out = _generate(pre.params, ids, mask, steering, jax.random.PRNGKey(seed),
+                    jnp.float32(max(temperature, 1e-6)), jnp.float32(top_p), config=config,
+                    dtype=pre.dtype, max_new_tokens=int(max_new_tokens),
+                    eos_ids=pre.eos_token_ids, pad_id=pre.pad_token_id, sample=temperature > 0)
+    if batch_sharding is None:
+        return out
+    return jax.tree_util.tree_map(lambda a: a[:rows], gather_rows(out))
 
 
 def chat_prompts(tokenizer, prompts: Sequence[str], system: Optional[str] = None) -> list[str]:
@@ -205,20 +222,22 @@ def chat_prompts(tokenizer, prompts: Sequence[str], system: Optional[str] = None
 def generate_text(pre: Pretrained, prompts: Sequence[str], steering: Optional[SteeringLike] = None,
                   system: Optional[str] = None, max_new_tokens: int = 64, batch_size: int = 16,
                   temperature: float = 0.0, top_p: float = 1.0, seed: int = 0,
-                  return_outputs: bool = False, progress: bool = False):
+                  return_outputs: bool = False, progress: bool = False, batch_sharding=None):
     """Chat-template, left-pad and batch `prompts`; return the decoded new text of each.
 
-    With return_outputs=True, also return the per-batch `GenerationOutput`s.
+    With return_outputs=True, also return the per-batch `GenerationOutput`s. `batch_sharding`
+    (see `steered_generate`) splits each batch's rows over devices and processes.
     """
     responses, outputs = [], []
     batches = chat_batches(pre, prompts, system, batch_size, "generate", progress)
     for index, (ids, mask) in enumerate(batches):
         rows = ids.shape[0]
-        if index > 0 and rows < batch_size:  # repeat the last row: the full batches' compile serves
-            ids, mask = (np.concatenate([a, np.repeat(a[-1:], batch_size - rows, 0)]) for a in (ids, mask))
+        if index > 0:  # a short last batch reuses the full batches' compile
+            ids, mask = pad_rows((ids, mask), batch_size)
         out = steered_generate(pre, ids, mask, steering=steering, max_new_tokens=max_new_tokens,
-                               temperature=temperature, top_p=top_p, seed=seed + index * batch_size)
-        out = jax.tree.map(lambda a: a[:rows], out)
+                               temperature=temperature, top_p=top_p, seed=seed + index * batch_size,
+                               batch_sharding=batch_sharding)
+        out = jax.tree_util.tree_map(lambda a: a[:rows], out)
         tokens, lengths = np.asarray(out.tokens), np.asarray(out.lengths)
         responses += [pre.tokenizer.decode(row[:n], skip_special_tokens=True)
                       for row, n in zip(tokens, lengths)]

@@ -1,4 +1,4 @@
-"""Tensor-parallel placement of the LLM's parameters on a mesh's `model` axis.
+"""Placement on a (data, model) mesh: LLM parameters split on `model`, batch rows split on `data`.
 
 Attention heads and MLP columns are split across `model` (Megatron style: q/k/v and gate/up by
 output, o and down by input), the vocabulary of the embedding and head too; norms are replicated.
@@ -36,3 +36,37 @@ def param_shardings(config: ModelConfig, mesh: Mesh, axis: str = "model") -> dic
         if value % size:
             raise ValueError(f"mesh axis {axis!r} of size {size} does not divide {name}={value}")
     return {path: NamedSharding(mesh, _spec(path, axis)) for path in param_shapes(config, "float32")}
+
+
+def batch_sharding(mesh: Mesh, axis: str = "data") -> NamedSharding:
+    """Rows of a batch split over the mesh's `data` axis (the other dimensions replicated)."""
+    return NamedSharding(mesh, P(axis))
+
+
+def row_multiple(sharding: NamedSharding) -> int:
+    """How many shards the batch's rows are split into: the row count must be a multiple of it."""
+    axes = sharding.spec[0] if len(sharding.spec) else None
+    axes = (axes,) if isinstance(axes, str) else tuple(axes or ())
+    size = 1
+    for axis in axes:
+        size *= sharding.mesh.shape[axis]
+    return size
+
+
+def shard_rows(arrays, sharding: NamedSharding) -> tuple:
+    """Global arrays from host arrays that every process holds whole; each process materialises only
+    the rows of its own devices (so a multi-host run reads no one else's share onto its chips)."""
+    import jax
+    return tuple(jax.make_array_from_callback(a.shape, sharding, lambda index, a=a: a[index])
+                 for a in arrays)
+
+
+def gather_rows(tree):
+    """Every process gets the whole of each (row-sharded) global array, as numpy."""
+    import jax
+    import numpy as np
+    from jax.experimental import multihost_utils
+    if jax.process_count() == 1:
+        return jax.tree_util.tree_map(np.asarray, tree)
+    return jax.tree_util.tree_map(
+        lambda x: np.asarray(multihost_utils.process_allgather(x, tiled=True)), tree)

@@ -150,12 +150,16 @@ def _free_port():
         return s.getsockname()[1]
 
 
-def test_two_processes_with_jax_distributed_match_one_process(tmp_path):
-    """Two processes x 2 CPU devices over 127.0.0.1 (jax.distributed) train like one process."""
+COLLECT_PROMPTS = ([f"Tell me about topic {i}." + " Please." * i for i in range(5)],
+                   [f"Explain how to do bad thing {i}." for i in range(4)])
+
+
+def run_two_processes(tmp_path, *args):
+    """Start two worker processes x 2 CPU devices over 127.0.0.1 (jax.distributed); their RESULTs."""
     env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=2", JAX_PLATFORMS="cpu")
     port, worker = str(_free_port()), os.path.join(ROOT, "tests", "distributed_worker.py")
     logs = [(open(tmp_path / f"out{i}", "w"), open(tmp_path / f"err{i}", "w")) for i in range(2)]
-    procs = [subprocess.Popen([sys.executable, worker, str(i), "2", port, str(tmp_path / "multi")],
+    procs = [subprocess.Popen([sys.executable, worker, str(i), "2", port, str(tmp_path / "multi"), *args],
                               stdout=out, stderr=err, text=True, env=env) for i, (out, err) in enumerate(logs)]
     try:  # files, not pipes: a full pipe would stall one process while the other waits for it
         for p in procs:
@@ -171,10 +175,31 @@ def test_two_processes_with_jax_distributed_match_one_process(tmp_path):
         stdout = (tmp_path / f"out{i}").read_text()
         results.append(json.loads([l for l in stdout.splitlines() if l.startswith("RESULT ")][-1][7:]))
     assert all(r["devices"] == 4 and r["processes"] == 2 for r in results)
+    return results
+
+
+def test_two_processes_with_jax_distributed_match_one_process(tmp_path):
+    """Two processes x 2 CPU devices over 127.0.0.1 (jax.distributed) train like one process."""
+    results = run_two_processes(tmp_path, "train")
     single = train(tmp_path / "single", 3)
     for r in results:
         np.testing.assert_allclose(r["losses"], [h["train_loss"] for h in single["history"]], rtol=1e-5, atol=1e-5)
         np.testing.assert_allclose(r["params"], flat(single["params"]), rtol=1e-5, atol=1e-5)
+
+
+def test_two_processes_split_collection_and_match_one_process(tmp_path, tiny_chat_model):
+    """Collection with batch rows split over two processes gives every process the whole result."""
+    import models
+    from eds_jax.collect import collect
+    from eds_jax.judge import is_refusal
+    results = run_two_processes(tmp_path, "collect", tiny_chat_model)
+    pre = models.load_pretrained(tiny_chat_model, dtype="float32")
+    single = collect(pre, *COLLECT_PROMPTS, str(tmp_path / "single"),
+                     {"max_new_tokens": 6, "batch_size": 6, "system": None, "judge": "substring"}, is_refusal)
+    for r in results:
+        assert r["responses"] == single.responses
+        np.testing.assert_allclose(np.reshape(r["activations"], single.activations.shape), single.activations,
+                                   rtol=1e-5, atol=1e-5)
 
 
 def test_sigkill_mid_run_then_restart_equals_uninterrupted(tmp_path):
