@@ -47,6 +47,7 @@ FLAGS = flags.FLAGS
 def build_steering(hidden_size: int):
     """Steering from the flags, or None when no EBM was given."""
     import eds_jax
+    from eds_jax.ebm_io import steering_settings
     if FLAGS.ebms and FLAGS.torch_ebm:
         raise app.UsageError("give --ebms or --torch_ebm, not both")
     metadata = {}
@@ -70,9 +71,7 @@ def build_steering(hidden_size: int):
         if missing:
             raise app.UsageError(f"--layers {missing} have no EBM; loaded layers: {sorted(ebms)}")
         ebms = {layer: ebms[layer] for layer in wanted}
-    defaults = metadata.get("steer", {})
-    eta = FLAGS.eta if FLAGS.eta is not None else defaults.get("eta", 0.1)
-    steps = FLAGS.num_steps if FLAGS.num_steps is not None else defaults.get("num_steps", 3)
+    eta, steps = steering_settings(metadata, FLAGS.eta, FLAGS.num_steps)
     steering = eds_jax.Steering(ebms, eta=eta, num_steps=steps,
                                 dropout_at_inference=FLAGS.dropout_at_inference, dropout_seed=FLAGS.seed,
                                 record_energy_after=True)

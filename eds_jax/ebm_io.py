@@ -63,3 +63,10 @@ def load_ebms(directory: str) -> tuple[dict[int, EBM], dict[str, Any]]:
 def _abstract_params(spec: EBMSpec):
     shapes = jax.eval_shape(lambda: EBM.init(spec, jax.random.PRNGKey(0)).params)
     return jax.tree_util.tree_map(lambda s: np.zeros(s.shape, s.dtype), shapes)
+
+
+def steering_settings(metadata: dict, eta=None, num_steps=None) -> tuple[float, int]:
+    """(eta, num_steps): the given values, else the EBM directory's metadata, else 0.1 and 3."""
+    saved = metadata.get("steer", {})
+    return (float(eta if eta is not None else saved.get("eta", 0.1)),
+            int(num_steps if num_steps is not None else saved.get("num_steps", 3)))

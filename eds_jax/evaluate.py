@@ -105,6 +105,7 @@ def build_methods(pre, methods: Sequence[str]) -> tuple[dict, dict]:
     import eds_jax
     from eds_jax.collect import last_token_activations
     from eds_jax.data import load_prompts, load_prompts_with
+    from eds_jax.ebm_io import steering_settings
     from eds_jax import vectors
 
     unknown = [m for m in methods if m not in METHODS]
@@ -117,9 +118,7 @@ def build_methods(pre, methods: Sequence[str]) -> tuple[dict, dict]:
     if "baseline" in methods:
         interventions["baseline"], described["baseline"] = None, {}
     if "eds" in methods:
-        defaults = metadata.get("steer", {})
-        eta = FLAGS.eta if FLAGS.eta is not None else defaults.get("eta", 0.1)
-        steps = FLAGS.num_steps if FLAGS.num_steps is not None else defaults.get("num_steps", 3)
+        eta, steps = steering_settings(metadata, FLAGS.eta, FLAGS.num_steps)
         interventions["eds"] = eds_jax.Steering(ebms, eta=eta, num_steps=steps)
         described["eds"] = {"layers": sorted(ebms), "eta": float(eta), "num_steps": int(steps),
                             "ebms": FLAGS.ebms}
@@ -183,18 +182,19 @@ def run() -> dict:
         if intervention is not None:
             intervention.check_model(pre.config)  # before any generation
 
-    refused, rows = {}, []
+    refused, responses_by, rows = {}, {}, []
     for s in sets:
         for method, intervention in interventions.items():
             responses = eds_jax.generate_text(pre, s.prompts, steering=intervention, system=FLAGS.system,
                                               max_new_tokens=FLAGS.max_new_tokens,
                                               batch_size=FLAGS.batch_size, progress=True)
             refused[(s.name, method)] = np.array([judge(r) for r in responses], bool)
+            responses_by[(s.name, method)] = responses
             rows += [{"set": s.name, "kind": s.kind, "method": method, "prompt": p, "response": r,
                       "refused": bool(x)} for p, r, x in zip(s.prompts, responses, refused[(s.name, method)])]
             logging.info("%s / %s: %d of %d refused", s.name, method, refused[(s.name, method)].sum(),
                          len(responses))
-    results = summarise(sets, refused, FLAGS.bootstrap, FLAGS.seed)
+    results = summarise(sets, refused, responses_by, FLAGS.bootstrap, FLAGS.seed)
     table = markdown_table(results)
     report = {"model": pre.source, "judge": FLAGS.judge, "max_new_tokens": FLAGS.max_new_tokens,
               "system": FLAGS.system, "methods": described, "sets": results,

@@ -40,9 +40,11 @@ def outcomes_of(kind: str, refused: Sequence[bool]) -> np.ndarray:
     return ~refused if kind == BENIGN else refused
 
 
-def summarise(sets, refused: dict, num_boot: int = 2000, seed: int = 0) -> dict:
-    """sets: objects with name, kind, path. refused: {(set name, method): bool [n]}
-    -> {set name: {kind, metric, path, reference, methods: {method: rate entry (+ delta)}}}.
+def summarise(sets, refused: dict, responses: dict | None = None, num_boot: int = 2000,
+              seed: int = 0) -> dict:
+    """sets: objects with name, kind, path. refused: {(set name, method): bool [n]}; responses, if
+    given, the texts under the same keys (to count responses that differ from the reference's)
+    -> {set name: {kind, metric, path, reference, methods: {method: rate entry (+ delta, changed)}}}.
 
     The first method of each set is the reference for the deltas (the baseline when it ran).
     """
@@ -56,6 +58,9 @@ def summarise(sets, refused: dict, num_boot: int = 2000, seed: int = 0) -> dict:
             entry = rate_interval(outcomes, num_boot, seed)
             if method != methods[0]:
                 entry["delta"] = paired_delta(outcomes, reference, num_boot, seed)
+                if responses is not None:
+                    entry["changed"] = sum(a != b for a, b in zip(responses[(s.name, method)],
+                                                                  responses[(s.name, methods[0])]))
             per_method[method] = entry
         results[s.name] = {"kind": s.kind, "metric": METRIC[s.kind], "path": s.path,
                            "reference": methods[0], "methods": per_method}
@@ -63,13 +68,15 @@ def summarise(sets, refused: dict, num_boot: int = 2000, seed: int = 0) -> dict:
 
 
 def markdown_table(results: dict) -> str:
-    lines = ["| set | metric | method | rate [95% CI] | count | delta vs reference [95% CI] |",
-             "|---|---|---|---|---|---|"]
+    lines = ["| set | metric | method | rate [95% CI] | count | delta vs reference [95% CI] | responses changed |",
+             "|---|---|---|---|---|---|---|"]
     for name, r in results.items():
         for method, e in r["methods"].items():
             delta = e.get("delta")
             shown = (f"{100 * delta['delta']:+.1f} [{100 * delta['low']:+.1f}, {100 * delta['high']:+.1f}]"
                      if delta else "(reference)")
+            changed = f"{e['changed']}/{e['n']}" if "changed" in e else ""
             lines.append(f"| {name} | {r['metric']} | {method} | {100 * e['rate']:.1f}% "
-                         f"[{100 * e['low']:.1f}, {100 * e['high']:.1f}] | {e['count']}/{e['n']} | {shown} |")
+                         f"[{100 * e['low']:.1f}, {100 * e['high']:.1f}] | {e['count']}/{e['n']} | {shown} | "
+                         f"{changed} |")
     return "\n".join(lines)

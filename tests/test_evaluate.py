@@ -55,7 +55,7 @@ def test_summarise_counts_compliance_and_refusal():
                  ("jbb", "eds"): ["Step 1: ...", "Step 1: ..."]}
     refused = {key: np.array([is_refusal(r) for r in texts]) for key, texts in responses.items()}
     assert list(outcomes_of("benign", refused[("xs", "baseline")])) == [True, False, False, True]
-    results = summarise([Set("xs", "benign"), Set("jbb", "harmful")], refused, num_boot=500)
+    results = summarise([Set("xs", "benign"), Set("jbb", "harmful")], refused, responses, num_boot=500)
     assert results["xs"]["metric"] == "compliance" and results["jbb"]["metric"] == "refusal"
     assert results["xs"]["methods"]["baseline"]["count"] == 2
     assert results["xs"]["methods"]["eds"]["count"] == 3
@@ -63,7 +63,8 @@ def test_summarise_counts_compliance_and_refusal():
     assert "delta" not in results["xs"]["methods"]["baseline"]
     assert results["jbb"]["methods"]["eds"]["delta"]["delta"] == pytest.approx(-0.5)
     table = markdown_table(results)
-    assert "| xs | compliance | eds | 75.0%" in table and "| 3/4 | +25.0" in table
+    assert results["xs"]["methods"]["eds"]["changed"] == 2 and results["jbb"]["methods"]["eds"]["changed"] == 1
+    assert "| xs | compliance | eds | 75.0%" in table and "| 3/4 | +25.0" in table and "| 2/4 |" in table
     assert "| jbb | refusal | baseline | 50.0%" in table and "(reference)" in table
 
 
@@ -166,6 +167,9 @@ def test_evaluate_cli_writes_table_json_png(tmp_path, tiny_chat_model):
             refused = [r["refused"] for r in rows if r["set"] == name and r["method"] == method]
             scored = [not x for x in refused] if entry["kind"] == "benign" else refused
             assert (m["count"], m["n"]) == (sum(scored), len(scored))
+            texts = [r["response"] for r in rows if r["set"] == name and r["method"] == method]
+            reference = [r["response"] for r in rows if r["set"] == name and r["method"] == "baseline"]
+            assert m.get("changed", 0) == sum(a != b for a, b in zip(texts, reference))
     assert (out / "results.md").read_text() in proc.stdout
     assert (out / "rates.png").read_bytes()[:4] == b"\x89PNG"
     missing = subprocess.run([sys.executable, "-m", "eds_jax.evaluate", f"--model={tiny_chat_model}",
