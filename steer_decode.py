@@ -129,14 +129,7 @@ def run() -> list[dict]:
     return rows
 
 
-def main(argv):
-    if not FLAGS["verbosity"].present:
-        logging.set_verbosity(logging.WARNING)  # orbax and jax log at INFO; -v 0 shows them
-    if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-    run()
-
-
 if __name__ == "__main__":
     sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-    app.run(main)
+    from eds_jax.cli import absl_main
+    app.run(absl_main(run))

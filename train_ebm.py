@@ -124,13 +124,6 @@ def run(cfg, workdir: str) -> dict:
     return {"chosen": chosen, "result": result, "counts": counts}
 
 
-def main(argv):
-    if not FLAGS["verbosity"].present:
-        logging.set_verbosity(logging.WARNING)  # orbax and jax log at INFO; -v 0 shows them
-    if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-    run(FLAGS.config, FLAGS.workdir)
-
-
 if __name__ == "__main__":
-    app.run(main)
+    from eds_jax.cli import absl_main
+    app.run(absl_main(lambda: run(FLAGS.config, FLAGS.workdir)))

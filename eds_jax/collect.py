@@ -18,7 +18,7 @@ from typing import Callable, Optional, Sequence
 import numpy as np
 
 from eds_jax.data import load_prompts, write_jsonl
-from eds_jax.decoding import bucket_length, chat_batches, generate_text, pad_rows, pad_to_bucket
+from eds_jax.decoding import bucket_length, chat_batches, generate_text, pad_to_bucket
 
 BENIGN, HARMFUL = "benign", "harmful"
 
@@ -77,18 +77,15 @@ def last_token_activations(pre, prompts: Sequence[str], system: Optional[str], b
     """
     import jax.numpy as jnp
     import models
-    from models.sharding import gather_rows, row_multiple, shard_rows
+    from models.sharding import gather_rows, pad_rows, shard_rows
     chunks = []
     for index, (ids, mask) in enumerate(chat_batches(pre, prompts, system, batch_size, "activations",
                                                      progress)):
         rows = ids.shape[0]
         # one compile per length bucket; a short last batch reuses the full batches' compile
         ids, mask = pad_to_bucket(ids, mask, pre.pad_token_id, bucket_length(ids.shape[1]))
-        padded = batch_size if index > 0 else rows
-        if batch_sharding is not None:
-            shards = row_multiple(batch_sharding)
-            padded = -(-padded // shards) * shards
-        ids, mask = pad_rows((ids, mask), padded)
+        if index > 0:
+            ids, mask = pad_rows((ids, mask), batch_size)
         if batch_sharding is not None:
             ids, mask = shard_rows((ids, mask), batch_sharding)
         out = models.forward(pre, ids, mask, output_hidden_states=True)

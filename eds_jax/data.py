@@ -35,24 +35,18 @@ def _prompt_of(row, path: str, where: str, field: Optional[str]) -> str:
     return text
 
 
-def write_jsonl(path: str, rows) -> None:
-    """Write one JSON object per line via a temporary file and a rename: never half-written."""
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    tmp = f"{path}.{os.getpid()}.tmp"  # processes of a multi-host run may write the same file
-    with open(tmp, "w", encoding="utf-8") as f:
-        for row in rows:
-            f.write(json.dumps(row, ensure_ascii=False) + "\n")
-    os.replace(tmp, path)
-
-
 def write_text(path: str, text: str) -> None:
     """Write a text file via a temporary file and a rename: never half-written."""
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    tmp = f"{path}.{os.getpid()}.tmp"
+    tmp = f"{path}.{os.getpid()}.tmp"  # processes of a multi-host run may write the same file
     with open(tmp, "w", encoding="utf-8") as f:
         f.write(text)
     os.replace(tmp, path)
+
+
+def write_jsonl(path: str, rows) -> None:
+    """One JSON object per line, written atomically (`write_text`)."""
+    write_text(path, "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows))
 
 
 def _rows(path: str, field: Optional[str]):

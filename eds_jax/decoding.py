@@ -15,7 +15,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from models.pretrained import Pretrained, apply_model, prompt_positions, resolve_dtype
-from models.sharding import gather_rows, row_multiple, shard_rows
+from models.sharding import gather_rows, pad_rows, shard_rows
 from models.transformer import init_kv_cache
 from eds_jax.steering import Steering
 from eds_jax.vectors import VectorSteering
@@ -53,12 +53,6 @@ def pad_to_bucket(ids: np.ndarray, mask: np.ndarray, pad_id: int, length: int):
     pad = length - ids.shape[1]
     return (np.pad(ids, ((0, 0), (pad, 0)), constant_values=pad_id).astype(np.int32),
             np.pad(mask, ((0, 0), (pad, 0))).astype(np.int32))
-
-
-def pad_rows(arrays, rows: int) -> tuple:
-    """Repeat each array's last row up to `rows` rows (the extra outputs are dropped by the caller)."""
-    return tuple(np.concatenate([a, np.repeat(a[-1:], rows - a.shape[0], 0)]) if rows > a.shape[0] else a
-                 for a in arrays)
 
 
 def chat_batches(pre: Pretrained, prompts: Sequence[str], system: Optional[str], batch_size: int,
@@ -194,8 +188,7 @@ def steered_generate(pre: Pretrained, input_ids, attention_mask=None,
                               min(bucket_length(ids.shape[1]), capacity - max_new_tokens))
     rows = ids.shape[0]
     if batch_sharding is not None:
-        shards = row_multiple(batch_sharding)
-        ids, mask = shard_rows(pad_rows((ids, mask), -(-rows // shards) * shards), batch_sharding)
+        ids, mask = shard_rows((ids, mask), batch_sharding)
     out = _generate(pre.params, ids, mask, steering, jax.random.PRNGKey(seed),
                     jnp.float32(max(temperature, 1e-6)), jnp.float32(top_p), config=config,
                     dtype=pre.dtype, max_new_tokens=int(max_new_tokens),

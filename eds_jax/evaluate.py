@@ -77,6 +77,7 @@ flags.DEFINE_float("safesteer_coeff", -1.0, "SafeSteer coefficient (< 0 steers a
 flags.DEFINE_integer("bootstrap", 2000, "bootstrap resamples for the 95% intervals")
 flags.DEFINE_integer("seed", 0, "bootstrap seed")
 flags.DEFINE_string("output_dir", "eval", "where results.md/json, rates.png, responses.jsonl go")
+FLAGS = flags.FLAGS
 
 
 # -- sets and methods ------------------------------------------------------------------------------
@@ -209,17 +210,7 @@ def run() -> dict:
     return report
 
 
-FLAGS = flags.FLAGS
-
-
-def main(argv):
-    if not FLAGS["verbosity"].present:
-        logging.set_verbosity(logging.WARNING)  # orbax and jax log at INFO; -v 0 shows them
-    if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-    run()
-
-
 if __name__ == "__main__":
     sys.path.insert(0, ROOT)
-    app.run(main)
+    from eds_jax.cli import absl_main
+    app.run(absl_main(run))

@@ -43,8 +43,15 @@ def batch_sharding(mesh: Mesh, axis: str = "data") -> NamedSharding:
     return NamedSharding(mesh, P(axis))
 
 
-def row_multiple(sharding: NamedSharding) -> int:
-    """How many shards the batch's rows are split into: the row count must be a multiple of it."""
+def pad_rows(arrays, rows: int) -> tuple:
+    """Repeat each array's last row up to `rows` rows (the extra outputs are dropped by the caller)."""
+    import numpy as np
+    return tuple(np.concatenate([a, np.repeat(a[-1:], rows - a.shape[0], 0)]) if rows > a.shape[0] else a
+                 for a in arrays)
+
+
+def _row_multiple(sharding: NamedSharding) -> int:
+    """How many shards the batch's rows are split into."""
     axes = sharding.spec[0] if len(sharding.spec) else None
     axes = (axes,) if isinstance(axes, str) else tuple(axes or ())
     size = 1
@@ -55,10 +62,13 @@ def row_multiple(sharding: NamedSharding) -> int:
 
 def shard_rows(arrays, sharding: NamedSharding) -> tuple:
     """Global arrays from host arrays that every process holds whole; each process materialises only
-    the rows of its own devices (so a multi-host run reads no one else's share onto its chips)."""
+    the rows of its own devices (so a multi-host run reads no one else's share onto its chips).
+    Rows are padded (last row repeated) to a multiple of the shard count; slice outputs back."""
     import jax
+    multiple = _row_multiple(sharding)
+    rows = -(-arrays[0].shape[0] // multiple) * multiple
     return tuple(jax.make_array_from_callback(a.shape, sharding, lambda index, a=a: a[index])
-                 for a in arrays)
+                 for a in pad_rows(arrays, rows))
 
 
 def gather_rows(tree):
