@@ -14,6 +14,7 @@ setup(
         "optax>=0.2",
         "orbax-checkpoint>=0.10",
         "transformers>=4.46",  # AutoConfig + tokenizers only; no torch needed at runtime
+        "jinja2>=3.1",  # transformers' apply_chat_template renders the chat template with it
         "tokenizers>=0.20",
         "safetensors>=0.4.5",
         "huggingface_hub>=0.25",

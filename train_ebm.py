@@ -56,6 +56,66 @@ def summary_table(layers, result, chosen) -> str:
     return "\n".join(lines)
 
 
+def choose_steering(cfg, pre, ranked: list[int], layer_ebm, prompts: set, workdir: str,
+                    sharding) -> dict:
+    """Layers, eta and steps: swept on the validation prompts of `cfg.sweep` when it names etas,
+    else `cfg.steer` as it is. Returns {layers, eta, num_steps, judge, sweep}."""
+    import jax
+    import eds_jax
+    from eds_jax import collect as collection_lib
+    from eds_jax import outcomes, plots
+    from eds_jax import sweep as sweep_lib
+    from eds_jax.data import write_jsonl
+
+    s = cfg.sweep
+    if not s.etas:
+        return {"layers": sorted(ranked[:int(cfg.steer.top_n_layers)]), "eta": float(cfg.steer.eta),
+                "num_steps": int(cfg.steer.num_steps), "judge": None, "sweep": None}
+    benign = collection_lib.read_sources(s.benign, cfg.data.seed)
+    harmful = collection_lib.read_sources(s.harmful, cfg.data.seed)
+    shared = sorted(prompts & (set(benign) | set(harmful)))
+    if shared:
+        raise ValueError(f"{len(shared)} validation prompts of config.sweep are also training prompts, "
+                         f"e.g. {shared[0]!r}; settings must be chosen on held-out prompts")
+    steps_list = tuple(int(x) for x in s.num_steps) or (int(cfg.steer.num_steps),)
+    tops = tuple(int(x) for x in s.top_n_layers) or (int(cfg.steer.top_n_layers),)
+    ebms = {layer: layer_ebm(layer) for layer in ranked[:max(tops)]}
+    groups = [sweep_lib.SettingGroup(
+        {"num_steps": steps, "layers": sorted(ranked[:n])}, "eta", tuple(s.etas),
+        lambda per_row, steps=steps, n=n: eds_jax.Steering({l: ebms[l] for l in ranked[:n]},
+                                                           eta=per_row, num_steps=steps))
+        for steps in steps_list for n in tops]
+    options = dict(system=cfg.collect.system, max_new_tokens=int(s.max_new_tokens),
+                   batch_size=int(s.batch_size))
+    unsteered = eds_jax.generate_text(pre, benign + harmful, progress=True, batch_sharding=sharding,
+                                      **options)
+    judge = outcomes.calibrated_judge(pre, benign + harmful, unsteered, cfg.collect.judge,
+                                      s.fluency_quantile, s.fluency_margin, int(s.batch_size))
+    table, responses = sweep_lib.run_sweep(pre, benign, harmful, groups, judge, baseline=unsteered,
+                                           **options)
+    row, reason = sweep_lib.choose_setting(table, sweep_lib.Tolerances(s.max_refusal_drop,
+                                                                       s.max_incoherence_rise))
+    logging.info("sweep: %s", reason)
+    if jax.process_index() == 0:
+        write_jsonl(os.path.join(workdir, "sweep_responses.jsonl"),
+                    ({"setting": label, "kind": kind, "prompt": p, "response": r}
+                     for label, texts in responses.items()
+                     for p, kind, r in zip(benign + harmful,
+                                           ["benign"] * len(benign) + ["harmful"] * len(harmful), texts)))
+        plots.plot_tradeoff(os.path.join(workdir, "sweep_tradeoff.png"), table, row["setting"])
+    unsteered_choice = row["setting"] == sweep_lib.UNSTEERED
+    return {"layers": sorted(ranked[:tops[0]]) if unsteered_choice else row["layers"],
+            "eta": 0.0 if unsteered_choice else row["eta"],
+            "num_steps": steps_list[0] if unsteered_choice else row["num_steps"],
+            "judge": judge.to_dict(),
+            "sweep": {"table": table, "chosen": row["setting"], "reason": reason,
+                      "benign": {k: v.to_dict() for k, v in s.benign.items()},
+                      "harmful": {k: v.to_dict() for k, v in s.harmful.items()},
+                      "tolerances": {"max_refusal_drop": s.max_refusal_drop,
+                                     "max_incoherence_rise": s.max_incoherence_rise},
+                      "max_new_tokens": int(s.max_new_tokens), "seed": int(cfg.data.seed)}}
+
+
 def run(cfg, workdir: str) -> dict:
     import jax
     import numpy as np
@@ -65,6 +125,8 @@ def run(cfg, workdir: str) -> dict:
     from eds_jax import plots, training
     from eds_jax.data import write_jsonl
     from eds_jax.ebm import EBMSpec
+    from eds_jax import deployment
+    from eds_jax import sweep as sweep_lib
     from eds_jax.judge import get_judge
 
     start = time.time()
@@ -97,20 +159,22 @@ def run(cfg, workdir: str) -> dict:
     write_jsonl(os.path.join(workdir, "metrics.jsonl"), result["history"])
 
     scores = result["metrics"][cfg.train.select_by]
-    top_n = min(int(cfg.steer.top_n_layers), len(layers))
-    ranked = np.lexsort((result["metrics"]["loss"], -scores))  # ties broken by validation loss
-    chosen = sorted(int(layers[i]) for i in ranked[:top_n])
+    ranked = [int(layers[i]) for i in np.lexsort((result["metrics"]["loss"], -scores))]  # ties: val loss
     index = {layer: i for i, layer in enumerate(layers)}
+    layer_ebm = lambda layer: result["trainer"].layer_ebm(result["params"], index[layer])
+    steer = choose_steering(cfg, pre, ranked, layer_ebm, prompts=set(benign) | set(harmful),
+                            workdir=workdir, sharding=batch_sharding(mesh))
+    chosen = steer.pop("layers")
     validation = {str(layer): {"auc": float(result["metrics"]["auc"][index[layer]]),
                                "sign_accuracy": float(result["metrics"]["sign_accuracy"][index[layer]]),
                                "loss": float(result["metrics"]["loss"][index[layer]]),
                                "best_epoch": int(result["best_epoch"][index[layer]])} for layer in chosen}
     metadata = {"model": pre.source, "model_family": pre.family, "hidden_size": pre.config.hidden_size,
                 "selected_by": cfg.train.select_by, "validation": validation, "label_counts": counts,
-                "split_counts": result["counts"],
-                "steer": {"eta": float(cfg.steer.eta), "num_steps": int(cfg.steer.num_steps)},
-                "train": cfg.train.to_dict()}
-    ebms = {layer: result["trainer"].layer_ebm(result["params"], index[layer]) for layer in chosen}
+                "split_counts": result["counts"], deployment.METADATA_KEY: cfg.collect.system,
+                "steer": {"eta": steer["eta"], "num_steps": steer["num_steps"]},
+                "judge": steer["judge"], "sweep": steer["sweep"], "train": cfg.train.to_dict()}
+    ebms = {layer: layer_ebm(layer) for layer in chosen}
     if jax.process_index() == 0:
         eds_jax.save_ebms(os.path.join(workdir, "ebms"), ebms, metadata, overwrite=True)
         plots.plot_layer_quality(os.path.join(workdir, "layer_quality.png"), layers,
@@ -119,8 +183,11 @@ def run(cfg, workdir: str) -> dict:
         plots.plot_energy_histograms(os.path.join(workdir, "energy_histograms.png"), chosen,
                                      [good[index[l]] for l in chosen], [bad[index[l]] for l in chosen])
     print(summary_table(layers, result, chosen))
-    print(f"chosen layers ({cfg.train.select_by}): {chosen}; EBMs in {os.path.join(workdir, 'ebms')}; "
-          f"wall time {time.time() - start:.0f} s")
+    if steer["sweep"]:
+        print(sweep_lib.markdown_table(steer["sweep"]["table"], steer["sweep"]["chosen"]))
+        print(f"steering setting chosen on validation prompts: {steer['sweep']['reason']}")
+    print(f"layers {chosen}, eta {steer['eta']}, {steer['num_steps']} steps; EBMs in "
+          f"{os.path.join(workdir, 'ebms')}; wall time {time.time() - start:.0f} s")
     return {"chosen": chosen, "result": result, "counts": counts}
 
 

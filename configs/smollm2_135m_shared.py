@@ -19,6 +19,11 @@ def get_config():
                       "xstest_unsafe": source(f"{SHARED}/splits/xstest_unsafe_train.json")}
     c.collect.max_new_tokens = 40
     c.collect.batch_size = 32
+    # validation prompts for the eta sweep: neither training nor test prompts
+    c.sweep.benign = {"or_bench_hard": source(f"{SHARED}/splits/or_bench_hard_val.json", limit=64),
+                      "harmless": source(f"{SHARED}/splits/harmless_val.json", limit=16)}
+    c.sweep.harmful = {"harmful": source(f"{SHARED}/splits/harmful_val.json"),
+                       "xstest_unsafe": source(f"{SHARED}/splits/xstest_unsafe_val.json", limit=24)}
     c.train.epochs = 30
     c.train.batch_size = 64
     return c

@@ -184,11 +184,17 @@ def steered_generate(pre: Pretrained, input_ids, attention_mask=None,
                          f"the KV cache of {capacity} tokens")
     if steering is not None:
         steering.check_model(config)
+        per_row = steering.batch_rows
+        if per_row is not None and per_row != ids.shape[0]:
+            raise ValueError(f"steering has per-row settings for {per_row} rows, but the batch has "
+                             f"{ids.shape[0]}")
     ids, mask = pad_to_bucket(ids, mask, pre.pad_token_id,
                               min(bucket_length(ids.shape[1]), capacity - max_new_tokens))
     rows = ids.shape[0]
     if batch_sharding is not None:
         ids, mask = shard_rows((ids, mask), batch_sharding)
+        if steering is not None and ids.shape[0] > rows:  # padded rows repeat the last row's settings
+            steering = steering.take_rows(np.minimum(np.arange(ids.shape[0]), rows - 1))
     out = _generate(pre.params, ids, mask, steering, jax.random.PRNGKey(seed),
                     jnp.float32(max(temperature, 1e-6)), jnp.float32(top_p), config=config,
                     dtype=pre.dtype, max_new_tokens=int(max_new_tokens),
@@ -219,15 +225,25 @@ def generate_text(pre: Pretrained, prompts: Sequence[str], steering: Optional[St
     """Chat-template, left-pad and batch `prompts`; return the decoded new text of each.
 
     With return_outputs=True, also return the per-batch `GenerationOutput`s. `batch_sharding`
-    (see `steered_generate`) splits each batch's rows over devices and processes.
+    (see `steered_generate`) splits each batch's rows over devices and processes. A steering with
+    per-row settings (e.g. `Steering(eta=array)`) holds one setting per prompt.
     """
+    per_row = steering.batch_rows if steering is not None else None
+    if per_row is not None and per_row != len(prompts):
+        raise ValueError(f"steering has per-row settings for {per_row} rows, but {len(prompts)} "
+                         "prompts were given")
     responses, outputs = [], []
     batches = chat_batches(pre, prompts, system, batch_size, "generate", progress)
     for index, (ids, mask) in enumerate(batches):
         rows = ids.shape[0]
         if index > 0:  # a short last batch reuses the full batches' compile
             ids, mask = pad_rows((ids, mask), batch_size)
-        out = steered_generate(pre, ids, mask, steering=steering, max_new_tokens=max_new_tokens,
+        # this batch's prompts, the last one repeated like the padded rows
+        batch_steering = steering
+        if per_row is not None:
+            batch_steering = steering.take_rows(
+                index * batch_size + np.minimum(np.arange(ids.shape[0]), rows - 1))
+        out = steered_generate(pre, ids, mask, steering=batch_steering, max_new_tokens=max_new_tokens,
                                temperature=temperature, top_p=top_p, seed=seed + index * batch_size,
                                batch_sharding=batch_sharding)
         out = jax.tree_util.tree_map(lambda a: a[:rows], out)

@@ -6,7 +6,11 @@ from typing import Sequence
 import numpy as np
 
 BENIGN, HARMFUL = "benign", "harmful"
-METRIC = {BENIGN: "compliance", HARMFUL: "refusal"}
+# the outcome (eds_jax.outcomes) each kind of set scores: helpful answers to benign prompts,
+# refusals of harmful ones; the other outcomes are reported beside it
+METRIC = {BENIGN: "helpful", HARMFUL: "refusal"}
+OUTCOMES = ("helpful", "refusal", "incoherent")
+POOLED = {BENIGN: "all benign", HARMFUL: "all harmful"}
 
 
 def rate_interval(outcomes: Sequence[bool], num_boot: int = 2000, seed: int = 0) -> dict:
@@ -32,51 +36,76 @@ def paired_delta(outcomes: Sequence[bool], baseline: Sequence[bool], num_boot: i
     return {"delta": float(diff.mean()), "low": float(low), "high": float(high)}
 
 
-def outcomes_of(kind: str, refused: Sequence[bool]) -> np.ndarray:
-    """What a set scores: compliance (not refused) on benign sets, refusal on harmful sets."""
-    if kind not in METRIC:
-        raise ValueError(f"set kind {kind!r} is neither {BENIGN!r} nor {HARMFUL!r}")
-    refused = np.asarray(refused, bool)
-    return ~refused if kind == BENIGN else refused
+def _entry(outcomes: np.ndarray, reference: np.ndarray | None, headline: str, num_boot: int,
+           seed: int) -> dict:
+    entry = {o: rate_interval(outcomes == o, num_boot, seed) for o in OUTCOMES}
+    if reference is not None:
+        entry["delta"] = paired_delta(outcomes == headline, reference == headline, num_boot, seed)
+        entry["delta_incoherent"] = paired_delta(outcomes == "incoherent", reference == "incoherent",
+                                                 num_boot, seed)
+    return entry
 
 
-def summarise(sets, refused: dict, responses: dict | None = None, num_boot: int = 2000,
+def summarise(sets, outcomes: dict, responses: dict | None = None, num_boot: int = 2000,
               seed: int = 0) -> dict:
-    """sets: objects with name, kind, path. refused: {(set name, method): bool [n]}; responses, if
-    given, the texts under the same keys (to count responses that differ from the reference's)
-    -> {set name: {kind, metric, path, reference, methods: {method: rate entry (+ delta, changed)}}}.
+    """sets: objects with name, kind, path. outcomes: {(set name, method): [helpful | refusal |
+    incoherent] per prompt}; responses, if given, the texts under the same keys (to count responses
+    that differ from the reference's) -> {set name: {kind, metric, path, reference, methods:
+    {method: {helpful, refusal, incoherent: rate entries, delta, delta_incoherent, changed}}}},
+    plus one pooled entry per kind ("all benign", "all harmful") over all its sets' prompts.
 
-    The first method of each set is the reference for the deltas (the baseline when it ran).
+    The first method of each set is the reference for the paired deltas (the baseline when it ran).
     """
-    results = {}
+    results, pooled = {}, {}
     for s in sets:
-        methods = [m for (name, m) in refused if name == s.name]
-        reference = outcomes_of(s.kind, refused[(s.name, methods[0])])
-        per_method = {}
+        if s.kind not in METRIC:
+            raise ValueError(f"set kind {s.kind!r} is neither {BENIGN!r} nor {HARMFUL!r}")
+        methods = [m for (name, m) in outcomes if name == s.name]
         for method in methods:
-            outcomes = outcomes_of(s.kind, refused[(s.name, method)])
-            entry = rate_interval(outcomes, num_boot, seed)
-            if method != methods[0]:
-                entry["delta"] = paired_delta(outcomes, reference, num_boot, seed)
-                if responses is not None:
-                    entry["changed"] = sum(a != b for a, b in zip(responses[(s.name, method)],
-                                                                  responses[(s.name, methods[0])]))
-            per_method[method] = entry
-        results[s.name] = {"kind": s.kind, "metric": METRIC[s.kind], "path": s.path,
-                           "reference": methods[0], "methods": per_method}
+            pooled.setdefault(s.kind, {}).setdefault(method, []).extend(outcomes[(s.name, method)])
+        results[s.name] = _summarise_set(s.kind, s.path, {m: outcomes[(s.name, m)] for m in methods},
+                                         num_boot, seed)
+        if responses is not None:
+            for method in methods[1:]:
+                results[s.name]["methods"][method]["changed"] = sum(
+                    a != b for a, b in zip(responses[(s.name, method)], responses[(s.name, methods[0])]))
+    for kind, by_method in pooled.items():
+        if sum(s.kind == kind for s in sets) > 1:
+            results[POOLED[kind]] = _summarise_set(kind, "", by_method, num_boot, seed)
     return results
 
 
+def _summarise_set(kind: str, path: str, by_method: dict, num_boot: int, seed: int) -> dict:
+    methods = list(by_method)
+    reference = np.asarray(by_method[methods[0]])
+    per_method = {m: _entry(np.asarray(by_method[m]), None if i == 0 else reference, METRIC[kind],
+                            num_boot, seed) for i, m in enumerate(methods)}
+    if any(len(v) != len(reference) for v in by_method.values()):
+        raise ValueError(f"every method must answer the same prompts: counts "
+                         f"{ {m: len(v) for m, v in by_method.items()} }")
+    return {"kind": kind, "metric": METRIC[kind], "path": path, "reference": methods[0],
+            "methods": per_method}
+
+
+def _pct(e: dict) -> str:
+    return f"{100 * e['rate']:.1f}% [{100 * e['low']:.1f}, {100 * e['high']:.1f}] ({e['count']}/{e['n']})"
+
+
+def _delta(d: dict | None) -> str:
+    return (f"{100 * d['delta']:+.1f} [{100 * d['low']:+.1f}, {100 * d['high']:+.1f}]" if d
+            else "(reference)")
+
+
 def markdown_table(results: dict) -> str:
-    lines = ["| set | metric | method | rate [95% CI] | count | delta vs reference [95% CI] | responses changed |",
-             "|---|---|---|---|---|---|---|"]
+    """One row per set and method: the three outcome rates with intervals and counts, and the paired
+    deltas (points) of the set's metric and of incoherence to the reference method."""
+    lines = ["| set | method | helpful [95% CI] (count) | refused [95% CI] (count) | "
+             "incoherent [95% CI] (count) | delta of metric [95% CI] | delta incoherent [95% CI] | "
+             "responses changed |", "|---|---|---|---|---|---|---|---|"]
     for name, r in results.items():
         for method, e in r["methods"].items():
-            delta = e.get("delta")
-            shown = (f"{100 * delta['delta']:+.1f} [{100 * delta['low']:+.1f}, {100 * delta['high']:+.1f}]"
-                     if delta else "(reference)")
-            changed = f"{e['changed']}/{e['n']}" if "changed" in e else ""
-            lines.append(f"| {name} | {r['metric']} | {method} | {100 * e['rate']:.1f}% "
-                         f"[{100 * e['low']:.1f}, {100 * e['high']:.1f}] | {e['count']}/{e['n']} | {shown} | "
-                         f"{changed} |")
+            changed = f"{e['changed']}/{e['helpful']['n']}" if "changed" in e else ""
+            lines.append(f"| {name} ({r['metric']}) | {method} | {_pct(e['helpful'])} | "
+                         f"{_pct(e['refusal'])} | {_pct(e['incoherent'])} | {_delta(e.get('delta'))} | "
+                         f"{_delta(e.get('delta_incoherent'))} | {changed} |")
     return "\n".join(lines)

@@ -68,3 +68,31 @@ def plot_eval_rates(path: str, results: dict) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
+
+
+def plot_tradeoff(path: str, table, chosen: str) -> None:
+    """The sweep's trade-off: benign helpful vs harmful refused, one point per setting, coloured
+    by incoherence; the unsteered run and the chosen setting marked."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(5.6, 4.2))
+    x = [100 * r["benign_helpful"] for r in table]
+    y = [100 * r["harmful_refusal"] for r in table]
+    c = [100 * r["incoherent"] for r in table]
+    points = ax.scatter(x, y, c=c, cmap="viridis_r", s=36, zorder=2)
+    fig.colorbar(points, ax=ax, label="incoherent (%)")
+    for r, xi, yi in zip(table, x, y):
+        label = r["setting"].replace("layers=", "L").replace("num_steps=", "s")
+        weight = "bold" if r["setting"] == chosen else "normal"
+        ax.annotate(label if r["setting"] in (chosen, table[0]["setting"]) or len(table) <= 8
+                    else f"{r.get('eta', r.get('coeff', ''))}", (xi, yi), fontsize=6,
+                    fontweight=weight, xytext=(3, 3), textcoords="offset points")
+    ax.scatter([x[0]], [y[0]], marker="s", facecolors="none", edgecolors="k", s=90, label="unsteered")
+    chosen_index = [r["setting"] for r in table].index(chosen)
+    ax.scatter([x[chosen_index]], [y[chosen_index]], marker="*", color="tab:red", s=140, zorder=3,
+               label="chosen")
+    ax.set(xlabel="benign helpful (%)", ylabel="harmful refused (%)",
+           title="steering settings on validation prompts")
+    ax.legend(fontsize=7, loc="best")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)

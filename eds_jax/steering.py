@@ -15,11 +15,42 @@ from typing import Mapping, Optional, Union
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from eds_jax.ebm import EBM
 from models.pretrained import check_intervention_layers
 
 _EPS = 1e-8
+
+
+def check_setting(name: str, value, minimum: Optional[float] = None) -> np.ndarray:
+    """A float setting, scalar or one per batch row ([B]): finite, and >= minimum if given."""
+    array = np.asarray(value, np.float64)
+    if array.ndim > 1 or array.size == 0 or not np.issubdtype(array.dtype, np.number):
+        raise ValueError(f"{name} must be a number or a non-empty 1-D array (one per row), got "
+                         f"{value!r}")
+    if not np.isfinite(array).all():
+        raise ValueError(f"{name} must be finite, got {value!r}")
+    if minimum is not None and (array < minimum).any():
+        raise ValueError(f"{name} must be >= {minimum}, got {value!r}")
+    return array.astype(np.float32)
+
+
+def per_row_count(settings) -> Optional[int]:
+    """The row count shared by the per-row ([B]) settings among `settings`, or None if all scalar."""
+    counts = {int(s.shape[0]) for s in settings if np.ndim(s) == 1}
+    if len(counts) > 1:
+        raise ValueError(f"per-row settings disagree on the batch size: {sorted(counts)}")
+    return counts.pop() if counts else None
+
+
+def take_per_row(setting, rows):
+    return setting[jnp.asarray(rows)] if np.ndim(setting) == 1 else setting
+
+
+def row_column(setting):
+    """A scalar, or a per-row [B] setting as [B, 1] so it broadcasts over the hidden size."""
+    return setting[:, None] if np.ndim(setting) == 1 else setting
 
 
 def _unit(g):
@@ -30,7 +61,8 @@ def _unit(g):
 class Steering:
     """EBMs per layer plus step settings; a pytree whose layer set and step count are static.
 
-    ebms: {layer: EBM}. eta: one step size, or {layer: eta}. num_steps: steps per forward call.
+    ebms: {layer: EBM}. eta: one step size, an array [B] (one per batch row: K settings of a
+      sweep run as one batch through one compile), or {layer: either}. num_steps: steps per call.
     dropout_at_inference: upstream's behaviour (EBM in train mode while steering), seeded by
       `dropout_seed`; off by default so steering is deterministic.
     true_refusal_ebms / ortho_lambda: upstream's optional "true refusal" EBM: the false-refusal
@@ -49,9 +81,9 @@ class Steering:
         etas = dict(eta) if isinstance(eta, Mapping) else {layer: eta for layer in layers}
         if set(etas) != set(layers):
             raise ValueError(f"per-layer eta covers layers {sorted(etas)}, but EBMs are for {layers}")
-        for layer, value in etas.items():
-            if not float(value) >= 0:
-                raise ValueError(f"eta must be >= 0, got {value} for layer {layer}")
+        etas = {layer: check_setting(f"eta for layer {layer}", value, minimum=0.0)
+                for layer, value in etas.items()}
+        check_setting("ortho_lambda", ortho_lambda)
         if int(num_steps) < 0:
             raise ValueError(f"num_steps must be >= 0, got {num_steps}")
         widths = {layer: ebms[layer].spec.input_dim for layer in layers}
@@ -61,7 +93,7 @@ class Steering:
         if tr and set(tr) != set(layers):
             raise ValueError(f"true-refusal EBMs cover layers {sorted(tr)}, but EBMs are for {layers}")
         self.ebms = {layer: ebms[layer] for layer in layers}
-        self.etas = {layer: jnp.float32(etas[layer]) for layer in layers}
+        self.etas = {layer: jnp.asarray(etas[layer], jnp.float32) for layer in layers}
         self.true_refusal_ebms = {layer: tr[layer] for layer in layers} if tr else None
         self.ortho_lambda = jnp.float32(ortho_lambda)
         self.num_steps = int(num_steps)
@@ -97,6 +129,19 @@ class Steering:
             raise ValueError(f"EBM input width {self.input_dim} != model hidden size "
                              f"{config.hidden_size}; these EBMs were trained on another model")
 
+    @property
+    def batch_rows(self) -> Optional[int]:
+        """The batch size per-row settings fix, or None when every setting is one scalar."""
+        return per_row_count(self.etas.values())
+
+    def take_rows(self, rows) -> "Steering":
+        """The same steering for the batch rows `rows` (indices into the per-row settings)."""
+        if self.batch_rows is None:
+            return self
+        taken = copy.copy(self)
+        taken.etas = {layer: take_per_row(eta, rows) for layer, eta in self.etas.items()}
+        return taken
+
     def at_call(self, call_index) -> "Steering":
         """The same steering with a dropout key unique to this forward call."""
         if not self.dropout_at_inference:
@@ -111,7 +156,7 @@ class Steering:
         Returns (hidden, energies [B, 2]): the energy before the first step and after the last
         (NaN unless `record_energy_after`).
         """
-        ebm, eta = self.ebms[layer], self.etas[layer]
+        ebm, eta = self.ebms[layer], row_column(self.etas[layer])
         tr_ebm = self.true_refusal_ebms[layer] if self.true_refusal_ebms else None
         layer_key = jax.random.fold_in(self.dropout_key, layer)
 

@@ -13,12 +13,14 @@ as activation addition and ablation are defined.
 """
 from __future__ import annotations
 
-from typing import Mapping, Sequence
+import copy
+from typing import Mapping, Optional, Sequence
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from eds_jax.steering import check_setting, per_row_count, row_column, take_per_row
 from models.pretrained import check_intervention_layers
 
 MODES = ("add", "ablate")
@@ -88,7 +90,7 @@ class VectorSteering:
                 raise ValueError(f"cannot ablate a zero direction (layers {zero})")
         self.mode = mode
         self.vectors = {layer: jnp.asarray(vectors[layer], jnp.float32) for layer in sorted(vectors)}
-        self.coeff = jnp.float32(coeff)
+        self.coeff = jnp.asarray(check_setting("coeff", coeff), jnp.float32)
 
     def tree_flatten(self):
         return (self.vectors, self.coeff), self.mode
@@ -110,6 +112,16 @@ class VectorSteering:
         if width != config.hidden_size:
             raise ValueError(f"steering vector width {width} != model hidden size {config.hidden_size}")
 
+    @property
+    def batch_rows(self) -> Optional[int]:
+        """The batch size a per-row coefficient ([B]) fixes, or None."""
+        return per_row_count([self.coeff])
+
+    def take_rows(self, rows) -> "VectorSteering":
+        taken = copy.copy(self)
+        taken.coeff = take_per_row(self.coeff, rows)
+        return taken
+
     def at_call(self, call_index) -> "VectorSteering":
         return self
 
@@ -117,7 +129,7 @@ class VectorSteering:
         v = self.vectors[layer]
         x = hidden.astype(jnp.float32)
         if self.mode == "add":
-            x = x + self.coeff * v
+            x = x + row_column(self.coeff)[..., None] * v  # [B, 1, 1] per row, or a scalar
         else:
             r = v / jnp.linalg.norm(v)
             x = x - jnp.einsum("btd,d->bt", x, r)[..., None] * r

