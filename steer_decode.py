@@ -33,7 +33,8 @@ flags.DEFINE_string("prompt", None, "one prompt")
 flags.DEFINE_string("prompts", None, "prompt file: .txt, .json, .jsonl or .csv")
 flags.DEFINE_string("prompt_field", None, "field/column holding the prompt (default instruction|prompt)")
 flags.DEFINE_integer("limit", None, "use only the first N prompts")
-flags.DEFINE_string("system", None, "system prompt")
+flags.DEFINE_string("system", None, "system prompt (default: the deployment the EBMs were trained "
+                    "under, from --ebms metadata; none for --torch_ebm)")
 flags.DEFINE_integer("max_new_tokens", 64, "new tokens per prompt")
 flags.DEFINE_integer("batch_size", 8, "prompts per batch")
 flags.DEFINE_float("temperature", 0.0, "0 = greedy")
@@ -84,16 +85,47 @@ def _mean(values):
     return None if values.size == 0 or np.isnan(values).all() else float(np.nanmean(values))
 
 
+def check_flags() -> None:
+    """Everything that can be checked before the model loads (minutes for an 8B model)."""
+    from eds_jax.data import check_output_path
+    from eds_jax.steering import check_setting
+    if FLAGS.prompt is not None and FLAGS.prompts is not None:
+        raise app.UsageError("give one of --prompt or --prompts, not both")
+    if FLAGS.prompt is None and FLAGS.prompts is None:
+        raise app.UsageError("give --prompt=TEXT or --prompts=FILE")
+    if FLAGS.prompt is not None and not FLAGS.prompt.strip():
+        raise app.UsageError(f"--prompt={FLAGS.prompt!r} is empty; expected the text of a prompt")
+    if FLAGS.max_new_tokens < 1:
+        raise app.UsageError(f"--max_new_tokens={FLAGS.max_new_tokens}: expected >= 1")
+    if FLAGS.batch_size < 1:
+        raise app.UsageError(f"--batch_size={FLAGS.batch_size}: expected >= 1")
+    if FLAGS.eta is not None:
+        check_setting("--eta", FLAGS.eta, minimum=0.0)
+    if FLAGS.num_steps is not None and FLAGS.num_steps < 0:
+        raise app.UsageError(f"--num_steps={FLAGS.num_steps}: expected >= 0")
+    check_setting("--temperature", FLAGS.temperature, minimum=0.0)
+    if FLAGS.ebms and not os.path.isdir(FLAGS.ebms):
+        raise app.UsageError(f"--ebms={FLAGS.ebms!r} is not a directory (train_ebm.py writes "
+                             "WORKDIR/ebms)")
+    for item in FLAGS.torch_ebm:
+        path = item.partition(":")[2]
+        if path and not os.path.isfile(path):
+            raise app.UsageError(f"--torch_ebm={item!r}: {path!r} is not a file")
+    if FLAGS.output:
+        check_output_path(FLAGS.output)
+
+
 def run() -> list[dict]:
     import numpy as np
     import models
     import eds_jax
+    from eds_jax import deployment
     from eds_jax.data import load_prompts, write_jsonl
 
-    if bool(FLAGS.prompt) == bool(FLAGS.prompts):
-        raise app.UsageError("give exactly one of --prompt or --prompts")
-    prompts = [FLAGS.prompt] if FLAGS.prompt else load_prompts(FLAGS.prompts, FLAGS.prompt_field,
-                                                               FLAGS.limit)
+    check_flags()
+    prompts = [FLAGS.prompt] if FLAGS.prompt is not None else load_prompts(
+        FLAGS.prompts, FLAGS.prompt_field, FLAGS.limit)
+    ebms_metadata = eds_jax.load_ebms(FLAGS.ebms)[1] if FLAGS.ebms else {}  # a bad dir fails here
     source = FLAGS.model or models.smollm2_gguf_path()
     pre = models.load_pretrained(source, dtype=FLAGS.dtype)
     steering, metadata = build_steering(pre.config.hidden_size)
@@ -103,18 +135,24 @@ def run() -> list[dict]:
                      {k: float(v) for k, v in steering.etas.items()}, steering.num_steps)
     else:
         logging.warning("no EBMs given (--ebms / --torch_ebm): generating the baseline only")
-    options = dict(system=FLAGS.system, max_new_tokens=FLAGS.max_new_tokens,
+    system = deployment.system_for(ebms_metadata, FLAGS.system)
+    options = dict(system=system, max_new_tokens=FLAGS.max_new_tokens,
                    batch_size=FLAGS.batch_size, temperature=FLAGS.temperature, top_p=FLAGS.top_p,
                    seed=FLAGS.seed, progress=True)
     baseline = eds_jax.generate_text(pre, prompts, **options)
     rows = [{"prompt": p, "baseline": b, "steered": None, "energy_before": None,
-             "energy_after": None} for p, b in zip(prompts, baseline)]
+             "energy_after": None, "system": system} for p, b in zip(prompts, baseline)]
     if steering is not None:
         steered, outputs = eds_jax.generate_text(pre, prompts, steering=steering,
                                                  return_outputs=True, **options)
         before = np.concatenate([np.asarray(o.energies) for o in outputs])
         after = np.concatenate([np.asarray(o.energies_after) for o in outputs])
-        for i, row in enumerate(rows):
+        lengths = np.concatenate([np.asarray(o.lengths) for o in outputs])
+        for i, row in enumerate(rows):  # energies are NaN after EOS by design, finite before it
+            if not (np.isfinite(before[i, :lengths[i]]).all() and np.isfinite(after[i, :lengths[i]]).all()):
+                raise ValueError(f"steering gave non-finite energies for prompt {i} "
+                                 f"({row['prompt'][:60]!r}): the EBMs or settings are broken; "
+                                 "nothing was written")
             row.update(steered=steered[i], energy_before=_mean(before[i]),
                        energy_after=_mean(after[i]), layers=list(steering.layers))
     if FLAGS.output:

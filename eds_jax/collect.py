@@ -88,7 +88,7 @@ def last_token_activations(pre, prompts: Sequence[str], system: Optional[str], b
             ids, mask = pad_rows((ids, mask), batch_size)
         if batch_sharding is not None:
             ids, mask = shard_rows((ids, mask), batch_sharding)
-        out = models.forward(pre, ids, mask, output_hidden_states=True)
+        out = models.forward(pre, ids, mask, output_hidden_states=True, output_logits=False)
         last = jnp.stack([h[:, -1] for h in out.hidden_states[:pre.config.num_layers]], axis=1)
         chunks.append(gather_rows(last.astype(jnp.float32))[:rows])
     return np.concatenate(chunks)

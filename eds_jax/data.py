@@ -44,6 +44,20 @@ def write_text(path: str, text: str) -> None:
     os.replace(tmp, path)
 
 
+def check_output_path(path: str) -> None:
+    """Fail before any work when `path` cannot be written as a file (a directory, a parent that is
+    a file, an unwritable directory)."""
+    if not path or os.path.isdir(path):
+        raise ValueError(f"output {path!r} is a directory or empty; expected a file path")
+    parent = os.path.dirname(os.path.abspath(path))
+    while not os.path.exists(parent):
+        parent = os.path.dirname(parent)
+    if not os.path.isdir(parent):
+        raise ValueError(f"output {path!r}: {parent!r} is a file, so the output cannot be created")
+    if not os.access(parent, os.W_OK):
+        raise ValueError(f"output {path!r}: directory {parent!r} is not writable")
+
+
 def write_jsonl(path: str, rows) -> None:
     """One JSON object per line, written atomically (`write_text`)."""
     write_text(path, "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows))

@@ -109,6 +109,23 @@ class EBM:
                                         deterministic=dropout_rng is None, rngs=rngs)
 
 
+MAX_ABS_PARAM = 1e6  # trained EBM weights are O(1); larger means corrupt bytes (energy overflows)
+
+
+def check_params(params, source: str) -> None:
+    """Raise when a parameter is NaN/inf or implausibly large: a corrupt checkpoint that would
+    otherwise steer with NaN and decode nothing."""
+    for path, leaf in jax.tree_util.tree_leaves_with_path(params):
+        value = np.asarray(leaf)
+        name = "/".join(str(getattr(k, "key", k)) for k in path)
+        if not np.isfinite(value).all():
+            raise ValueError(f"{source}: parameter {name} holds {int((~np.isfinite(value)).sum())} "
+                             "NaN/inf values; the checkpoint is corrupt")
+        if value.size and np.abs(value).max() > MAX_ABS_PARAM:
+            raise ValueError(f"{source}: parameter {name} holds |values| up to {np.abs(value).max():.3g} "
+                             f"(> {MAX_ABS_PARAM:g}); the checkpoint is corrupt")
+
+
 def _torch_layout(spec: EBMSpec) -> dict[str, tuple[tuple[str, ...], tuple[int, ...]]]:
     """Upstream state-dict key -> (Flax param path, torch shape), from nn.Sequential indices."""
     layout = {}
@@ -148,6 +165,7 @@ def ebm_from_state_dict(state_dict: dict[str, Any], spec: EBMSpec, source: str =
         if path[1] == "kernel":
             value = value.T
         params.setdefault(path[0], {})[path[1]] = jnp.asarray(value)
+    check_params(params, source)
     return EBM(params=params, spec=spec)
 
 

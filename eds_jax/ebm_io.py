@@ -12,7 +12,7 @@ from typing import Any, Mapping
 import jax
 import numpy as np
 
-from eds_jax.ebm import EBM, EBMSpec
+from eds_jax.ebm import EBM, EBMSpec, check_params
 
 _FORMAT = "eds_jax.ebms/1"
 
@@ -57,6 +57,8 @@ def load_ebms(directory: str) -> tuple[dict[int, EBM], dict[str, Any]]:
         raise ValueError(f"{directory} is not a readable EBM checkpoint: {err}") from err
     if meta.get("format") != _FORMAT:
         raise ValueError(f"{directory}: format {meta.get('format')!r}, expected {_FORMAT!r}")
+    for layer in specs:
+        check_params(params[str(layer)], f"{directory}, layer {layer}")
     return {layer: EBM(params=params[str(layer)], spec=spec) for layer, spec in specs.items()}, meta
 
 

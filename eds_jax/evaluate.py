@@ -3,15 +3,19 @@
   python -m eds_jax.evaluate --ebms=workdir/ebms --output_dir=eval
   python -m eds_jax.evaluate --ebms=DIR --methods=baseline,eds --limit=50 --judge=prefix
 
-Benign sets score the compliance rate (the response is not a refusal); harmful sets score the
-refusal rate. Every method answers the same prompts, so the delta to the baseline comes with a
-paired bootstrap 95% interval. Methods:
+Every response is judged helpful, a refusal, or incoherent (`eds_jax.outcomes`: not a refusal but
+looping or not fluent to the unsteered model). Benign sets score the helpful rate, harmful sets the
+refusal rate; incoherence is reported beside both. Every method answers the same prompts, so the
+deltas to the baseline come with paired bootstrap 95% intervals. The system prompt and the judge's
+fluency threshold come from the EBMs' metadata (their deployment), unless given. Methods:
   baseline  plain decoding
   eds       Energy-Driven Steering with the EBMs of --ebms
   actadd    activation addition: + actadd_coeff * (mean harmful - mean benign) at --vector_layers
   ablation  the unit refusal direction projected out at --vector_layers
   safesteer SafeSteer-style category vector (mean of a harmful category - mean benign), + coeff * v
-All five run through the same decode loop; the vector baselines are interventions like EDS.
+All five run through the same decode loop; the vector baselines are interventions like EDS. EDS's
+eta is the one chosen on validation prompts after training (metadata); the vector coefficients are
+chosen here by the same rule on the same validation prompts (`eds_jax.sweep`), unless given.
 
 Outputs in --output_dir: results.md (the table, also printed), results.json, rates.png and
 responses.jsonl (one line per set, method and prompt).
@@ -56,9 +60,12 @@ flags.DEFINE_list("harmful_sets", [f"jbb={_shared('processed/jailbreakbench.json
                   "NAME=PATH sets scored by refusal rate")
 flags.DEFINE_string("prompt_field", None, "field/column holding the prompt (default instruction|prompt)")
 flags.DEFINE_integer("limit", 0, "use the first N prompts of each set (0 = all)")
-flags.DEFINE_enum("judge", "substring", ["substring", "prefix"],
-                  "refusal judge: a refusal phrase anywhere, or only at the start (XSTest-style)")
-flags.DEFINE_string("system", None, "system prompt")
+flags.DEFINE_enum("judge", None, ["substring", "prefix"],
+                  "refusal judge: a refusal phrase anywhere, or only at the start (XSTest-style); "
+                  "default: the EBMs' metadata, else substring")
+flags.DEFINE_float("fluency_threshold", None, "nats/token above which a non-refusal is incoherent "
+                   "(default: the threshold calibrated after training, in the EBMs' metadata)")
+flags.DEFINE_string("system", None, "system prompt (default: the EBMs' deployment, from their metadata)")
 flags.DEFINE_integer("max_new_tokens", 64, "new tokens per response (greedy)")
 flags.DEFINE_integer("batch_size", 16, "prompts per batch")
 flags.DEFINE_list("vector_layers", [], "layers of the vector baselines (default: the EBMs' layers)")
@@ -67,13 +74,17 @@ flags.DEFINE_string("direction_harmful", _shared("splits/harmful_train.json"),
 flags.DEFINE_string("direction_benign", _shared("splits/harmless_train.json"),
                     "benign prompts for the refusal direction and the SafeSteer vectors")
 flags.DEFINE_integer("direction_limit", 256, "prompts read from each direction file (0 = all)")
-flags.DEFINE_float("actadd_coeff", -1.0, "activation addition coefficient (< 0 subtracts the direction)")
+flags.DEFINE_float("actadd_coeff", None, "activation addition coefficient (< 0 subtracts the "
+                   "direction); default: chosen from --actadd_coeffs on the validation prompts")
+flags.DEFINE_list("actadd_coeffs", ["-0.5", "-1", "-2", "-3"], "candidates for the actadd coefficient")
 flags.DEFINE_string("safesteer_prompts", _shared("processed/strongreject.json"),
                     "harmful prompts with a category field, for the SafeSteer category vectors")
 flags.DEFINE_string("safesteer_category_field", "category", "field naming each prompt's category")
 flags.DEFINE_string("safesteer_category", "", "the category whose vector is applied "
                     "(empty: the mean of all category vectors)")
-flags.DEFINE_float("safesteer_coeff", -1.0, "SafeSteer coefficient (< 0 steers away from the category)")
+flags.DEFINE_float("safesteer_coeff", None, "SafeSteer coefficient (< 0 steers away from the "
+                   "category); default: chosen from --safesteer_coeffs on the validation prompts")
+flags.DEFINE_list("safesteer_coeffs", ["-0.5", "-1", "-2", "-3"], "candidates for the SafeSteer coefficient")
 flags.DEFINE_integer("bootstrap", 2000, "bootstrap resamples for the 95% intervals")
 flags.DEFINE_integer("seed", 0, "bootstrap seed")
 flags.DEFINE_string("output_dir", "eval", "where results.md/json, rates.png, responses.jsonl go")
@@ -101,7 +112,41 @@ def parse_sets(items: Sequence[str], kind: str, field: Optional[str], limit: int
     return sets
 
 
-def build_methods(pre, methods: Sequence[str]) -> tuple[dict, dict]:
+class Validation:
+    """The validation prompts the EBMs' settings were chosen on (their metadata), for choosing the
+    vector baselines' coefficients by the same rule; the unsteered responses are generated once."""
+
+    def __init__(self, pre, metadata: dict, system, judge, batch_size: int):
+        self.pre, self.metadata, self.system, self.judge = pre, metadata, system, judge
+        self.batch_size, self._prompts, self._unsteered = batch_size, None, None
+
+    def choose(self, method: str, build, candidates: Sequence[float]) -> tuple[float, dict]:
+        from eds_jax import collect, sweep
+        swept = self.metadata.get("sweep")
+        if not swept:
+            raise app.UsageError(f"choosing the {method} coefficient needs validation prompts: give "
+                                 f"--{method}_coeff, or --ebms whose metadata holds a sweep "
+                                 "(train_ebm.py with config.sweep.etas)")
+        if self._prompts is None:
+            self._prompts = (collect.read_sources(swept["benign"], swept.get("seed", 0)),
+                             collect.read_sources(swept["harmful"], swept.get("seed", 0)))
+        benign, harmful = self._prompts
+        options = dict(system=self.system, max_new_tokens=int(swept["max_new_tokens"]),
+                       batch_size=self.batch_size)
+        if self._unsteered is None:
+            import eds_jax
+            self._unsteered = eds_jax.generate_text(self.pre, benign + harmful, progress=True, **options)
+        group = sweep.SettingGroup({"method": method}, "coeff", [float(c) for c in candidates], build)
+        table, _ = sweep.run_sweep(self.pre, benign, harmful, [group], self.judge,
+                                   baseline=self._unsteered, **options)
+        row, reason = sweep.choose_setting(table, sweep.Tolerances(**swept["tolerances"]))
+        logging.info("%s: %s", method, reason)
+        print(f"{method} coefficient on validation prompts: {reason}")
+        coeff = 0.0 if row["setting"] == sweep.UNSTEERED else row["coeff"]
+        return coeff, {"table": table, "chosen": row["setting"], "reason": reason}
+
+
+def build_methods(pre, methods: Sequence[str], ebms: dict, metadata: dict, system, judge) -> tuple[dict, dict]:
     """{method: intervention or None} from the flags, and a description of each for results.json."""
     import eds_jax
     from eds_jax.collect import last_token_activations
@@ -112,7 +157,6 @@ def build_methods(pre, methods: Sequence[str]) -> tuple[dict, dict]:
     unknown = [m for m in methods if m not in METHODS]
     if unknown or not methods:
         raise app.UsageError(f"--methods {unknown or methods}: expected some of {METHODS}")
-    ebms, metadata = (eds_jax.load_ebms(FLAGS.ebms) if FLAGS.ebms else ({}, {}))
     if "eds" in methods and not ebms:
         raise app.UsageError("method eds needs --ebms=DIR (train_ebm.py's WORKDIR/ebms)")
     interventions, described = {}, {}
@@ -122,14 +166,24 @@ def build_methods(pre, methods: Sequence[str]) -> tuple[dict, dict]:
         eta, steps = steering_settings(metadata, FLAGS.eta, FLAGS.num_steps)
         interventions["eds"] = eds_jax.Steering(ebms, eta=eta, num_steps=steps)
         described["eds"] = {"layers": sorted(ebms), "eta": float(eta), "num_steps": int(steps),
-                            "ebms": FLAGS.ebms}
+                            "ebms": FLAGS.ebms, "chosen_on_validation": FLAGS.eta is None
+                            and "sweep" in metadata}
     vector_methods = [m for m in methods if m in ("actadd", "ablation", "safesteer")]
     if not vector_methods:
         return interventions, described
     layers = [int(layer) for layer in FLAGS.vector_layers] or sorted(ebms)
     if not layers:
         raise app.UsageError(f"{vector_methods} need --vector_layers (or --ebms, whose layers are used)")
-    system, batch = FLAGS.system, FLAGS.batch_size
+    batch = FLAGS.batch_size
+    validation = Validation(pre, metadata, system, judge, batch)
+
+    def with_coeff(method, vector, given, candidates):
+        if given is not None:
+            return vectors.VectorSteering(vector, "add", given, layers), {"coeff": given}
+        coeff, chosen = validation.choose(method, lambda c: vectors.VectorSteering(vector, "add", c, layers),
+                                          candidates)
+        return vectors.VectorSteering(vector, "add", coeff, layers), {"coeff": coeff, "sweep": chosen}
+
     benign = last_token_activations(pre, load_prompts(FLAGS.direction_benign, None,
                                                       FLAGS.direction_limit or None), system, batch)
     if {"actadd", "ablation"} & set(vector_methods):
@@ -140,8 +194,9 @@ def build_methods(pre, methods: Sequence[str]) -> tuple[dict, dict]:
                   "rows": [len(harmful), len(benign)],
                   "norms": {layer: float(np.linalg.norm(direction[layer])) for layer in layers}}
         if "actadd" in methods:
-            interventions["actadd"] = vectors.VectorSteering(direction, "add", FLAGS.actadd_coeff, layers)
-            described["actadd"] = source | {"coeff": FLAGS.actadd_coeff}
+            interventions["actadd"], extra = with_coeff("actadd", direction, FLAGS.actadd_coeff,
+                                                        FLAGS.actadd_coeffs)
+            described["actadd"] = source | extra
         if "ablation" in methods:
             interventions["ablation"] = vectors.VectorSteering(direction, "ablate", layers=layers)
             described["ablation"] = source
@@ -154,22 +209,35 @@ def build_methods(pre, methods: Sequence[str]) -> tuple[dict, dict]:
                                  f"{sorted(per_category)}")
         chosen = [FLAGS.safesteer_category] if FLAGS.safesteer_category else sorted(per_category)
         vector = np.mean([per_category[c] for c in chosen], axis=0)
-        interventions["safesteer"] = vectors.VectorSteering(vector, "add", FLAGS.safesteer_coeff, layers)
+        interventions["safesteer"], extra = with_coeff("safesteer", vector, FLAGS.safesteer_coeff,
+                                                       FLAGS.safesteer_coeffs)
         described["safesteer"] = {"layers": layers, "categories": chosen, "prompts": FLAGS.safesteer_prompts,
-                                  "benign": FLAGS.direction_benign, "coeff": FLAGS.safesteer_coeff}
+                                  "benign": FLAGS.direction_benign} | extra
     return {m: interventions[m] for m in methods}, {m: described[m] for m in methods}
+
+
+def helpfulness_judge(metadata: dict):
+    """The judge the EBMs' settings were chosen with, with --judge / --fluency_threshold applied."""
+    from eds_jax.outcomes import HelpfulnessJudge
+    saved = dict(metadata.get("judge") or {})
+    if FLAGS.fluency_threshold is not None:
+        saved["fluency_threshold"] = FLAGS.fluency_threshold
+    if FLAGS.judge is not None:
+        saved["refusal"] = FLAGS.judge
+    if "fluency_threshold" not in saved:
+        raise app.UsageError("no fluency threshold: give --fluency_threshold=NATS, or --ebms whose "
+                             "metadata holds one (train_ebm.py with config.sweep.etas calibrates it)")
+    return HelpfulnessJudge.from_dict(saved)
 
 
 def run() -> dict:
     import models
     import eds_jax
-    from eds_jax import plots
+    from eds_jax import deployment, plots
     from eds_jax.data import write_jsonl, write_text
-    from eds_jax.judge import get_judge
     from eds_jax.metrics import markdown_table, summarise
 
     start = time.time()
-    judge = get_judge(FLAGS.judge)
     sets = (parse_sets(FLAGS.benign_sets, BENIGN, FLAGS.prompt_field, FLAGS.limit)
             + parse_sets(FLAGS.harmful_sets, HARMFUL, FLAGS.prompt_field, FLAGS.limit))
     if not sets:
@@ -177,28 +245,34 @@ def run() -> dict:
     names = [s.name for s in sets]
     if len(set(names)) != len(names):
         raise app.UsageError(f"set names must be unique, got {names}")
+    ebms, metadata = (eds_jax.load_ebms(FLAGS.ebms) if FLAGS.ebms else ({}, {}))
+    judge = helpfulness_judge(metadata)
+    system = deployment.system_for(metadata, FLAGS.system)
     pre = models.load_pretrained(FLAGS.model or models.smollm2_gguf_path(), dtype=FLAGS.dtype)
-    interventions, described = build_methods(pre, FLAGS.methods)
+    if ebms:  # before vectors and generation
+        eds_jax.Steering(ebms).check_model(pre.config)
+    interventions, described = build_methods(pre, FLAGS.methods, ebms, metadata, system, judge)
     for intervention in interventions.values():
         if intervention is not None:
-            intervention.check_model(pre.config)  # before any generation
+            intervention.check_model(pre.config)
 
-    refused, responses_by, rows = {}, {}, []
+    outcomes, responses_by, rows = {}, {}, []
     for s in sets:
         for method, intervention in interventions.items():
-            responses = eds_jax.generate_text(pre, s.prompts, steering=intervention, system=FLAGS.system,
+            responses = eds_jax.generate_text(pre, s.prompts, steering=intervention, system=system,
                                               max_new_tokens=FLAGS.max_new_tokens,
                                               batch_size=FLAGS.batch_size, progress=True)
-            refused[(s.name, method)] = np.array([judge(r) for r in responses], bool)
+            judged = judge.judge(pre, s.prompts, responses, FLAGS.batch_size)
+            outcomes[(s.name, method)] = judged.outcomes
             responses_by[(s.name, method)] = responses
             rows += [{"set": s.name, "kind": s.kind, "method": method, "prompt": p, "response": r,
-                      "refused": bool(x)} for p, r, x in zip(s.prompts, responses, refused[(s.name, method)])]
-            logging.info("%s / %s: %d of %d refused", s.name, method, refused[(s.name, method)].sum(),
-                         len(responses))
-    results = summarise(sets, refused, responses_by, FLAGS.bootstrap, FLAGS.seed)
+                      "outcome": o, "nll": None if not np.isfinite(x) else round(float(x), 4)}
+                     for p, r, o, x in zip(s.prompts, responses, judged.outcomes, judged.nll)]
+            logging.info("%s / %s: %s", s.name, method, judged.rates())
+    results = summarise(sets, outcomes, responses_by, FLAGS.bootstrap, FLAGS.seed)
     table = markdown_table(results)
-    report = {"model": pre.source, "judge": FLAGS.judge, "max_new_tokens": FLAGS.max_new_tokens,
-              "system": FLAGS.system, "methods": described, "sets": results,
+    report = {"model": pre.source, "judge": judge.to_dict(), "max_new_tokens": FLAGS.max_new_tokens,
+              "system": system, "methods": described, "sets": results,
               "wall_time_s": round(time.time() - start, 1)}
     os.makedirs(FLAGS.output_dir, exist_ok=True)
     write_jsonl(os.path.join(FLAGS.output_dir, "responses.jsonl"), rows)
@@ -206,7 +280,7 @@ def run() -> dict:
     write_text(os.path.join(FLAGS.output_dir, "results.md"), table + "\n")
     plots.plot_eval_rates(os.path.join(FLAGS.output_dir, "rates.png"), results)
     print(table)
-    print(f"judge: {FLAGS.judge}; outputs in {FLAGS.output_dir}; wall time {report['wall_time_s']:.0f} s")
+    print(f"judge: {judge.to_dict()}; outputs in {FLAGS.output_dir}; wall time {report['wall_time_s']:.0f} s")
     return report
 
 

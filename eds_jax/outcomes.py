@@ -65,7 +65,8 @@ def response_nll(pre, prompts: Sequence[str], responses: Sequence[str], batch_si
             mask[i, width - len(c) - len(r):] = 1
         ids, mask = pad_to_bucket(ids, mask, pre.pad_token_id, bucket_length(width))
         ids, mask = pad_rows((ids, mask), batch_size)  # one compile per length bucket
-        logprobs = np.asarray(models.next_token_logprobs(pre, ids, mask))
+        last = min(-(-max(len(r) for _, r in chunk) // 16) * 16, ids.shape[1] - 1)  # few compiles
+        logprobs = np.asarray(models.next_token_logprobs(pre, ids, mask, last=max(last, 1)))
         for i, (_, r) in enumerate(chunk):
             if r:  # the last len(r) targets are the response's tokens
                 nll[start + i] = -float(np.mean(logprobs[i, -len(r):]))

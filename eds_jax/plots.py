@@ -44,27 +44,40 @@ def plot_energy_histograms(path: str, layers, energy_good, energy_bad) -> None:
 
 
 def plot_eval_rates(path: str, results: dict) -> None:
-    """Grouped bars: per evaluation set, each method's rate with its bootstrap 95% interval."""
+    """Per evaluation set, one stacked bar per method: helpful / refusal / incoherent (they sum to
+    100%), with the bootstrap 95% interval of the set's metric (helpful or refusal)."""
     plt = _pyplot()
     names = list(results)
     methods = list(dict.fromkeys(m for r in results.values() for m in r["methods"]))
+    colours = {"helpful": "tab:green", "refusal": "tab:blue", "incoherent": "tab:red"}
     width = 0.8 / len(methods)
-    fig, ax = plt.subplots(figsize=(max(6, 1.4 * len(names) * max(1, len(methods) / 3)), 3.8))
-    for j, method in enumerate(methods):
-        xs, rates, errors = [], [], [[], []]
-        for i, name in enumerate(names):
+    fig, ax = plt.subplots(figsize=(max(7, 1.5 * len(names) * max(1, len(methods) / 3)), 4.2))
+    ticks, labels = [], []
+    for i, name in enumerate(names):
+        for j, method in enumerate(methods):
             entry = results[name]["methods"].get(method)
             if entry is None:
                 continue
-            xs.append(i - 0.4 + width * (j + 0.5))
-            rates.append(100 * entry["rate"])
-            errors[0].append(100 * (entry["rate"] - entry["low"]))
-            errors[1].append(100 * (entry["high"] - entry["rate"]))
-        ax.bar(xs, rates, width, yerr=errors, capsize=2, label=method)
-    ax.set_xticks(range(len(names)))
-    ax.set_xticklabels([f"{n}\n({results[n]['metric']})" for n in names], fontsize=8)
-    ax.set(ylabel="rate (%)", ylim=(0, 105))
-    ax.legend(fontsize=8, ncol=len(methods), loc="upper center", bbox_to_anchor=(0.5, 1.15))
+            x = i - 0.4 + width * (j + 0.5)
+            bottom = 0.0
+            for outcome in ("helpful", "refusal", "incoherent"):
+                height = 100 * entry[outcome]["rate"]
+                ax.bar(x, height, width * 0.92, bottom=bottom, color=colours[outcome],
+                       label=outcome if (i, j) == (0, 0) else None)
+                if outcome == results[name]["metric"]:
+                    low, high = 100 * entry[outcome]["low"], 100 * entry[outcome]["high"]
+                    ax.errorbar(x, bottom + height, yerr=[[bottom + height - (bottom + low)],
+                                                          [(bottom + high) - (bottom + height)]],
+                                color="k", capsize=1.5, lw=0.8)
+                bottom += height
+            ticks.append(x)
+            labels.append(method)
+    ax.set_xticks(ticks)
+    ax.set_xticklabels(labels, fontsize=6, rotation=90)
+    for i, name in enumerate(names):
+        ax.text(i, 103, f"{name}\n({results[name]['metric']})", ha="center", fontsize=7)
+    ax.set(ylabel="responses (%)", ylim=(0, 115))
+    ax.legend(fontsize=7, ncol=3, loc="upper center", bbox_to_anchor=(0.5, -0.22))
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)

@@ -155,31 +155,34 @@ def check_intervention_layers(layers, config: ModelConfig) -> None:
 
 def apply_model(config: ModelConfig, dtype: str, params, input_ids, positions, kv_cache,
                 cache_index, kv_mask, intervention: Optional[Intervention] = None,
-                output_hidden_states: bool = False, last_logits_only: bool = False) -> TransformerOutput:
+                output_hidden_states: bool = False, last_logits_only: bool = False,
+                num_logits: Optional[int] = None) -> TransformerOutput:
     """One call of the transformer; used by `forward` and by the decode loop."""
     if intervention is not None:
         check_intervention_layers(intervention.layers, config)
     module = CausalLM(config, resolve_dtype(dtype))
     return module.apply({"params": params}, input_ids, positions, kv_cache, cache_index, kv_mask,
                         intervention=intervention, output_hidden_states=output_hidden_states,
-                        last_logits_only=last_logits_only)
+                        last_logits_only=last_logits_only, num_logits=num_logits)
 
 
-@functools.partial(jax.jit, static_argnames=("config", "dtype", "output_hidden_states"))
-def _forward(params, input_ids, attention_mask, intervention, *, config, dtype, output_hidden_states):
+@functools.partial(jax.jit, static_argnames=("config", "dtype", "output_hidden_states", "num_logits"))
+def _forward(params, input_ids, attention_mask, intervention, *, config, dtype, output_hidden_states,
+             num_logits=None):
     batch, length = input_ids.shape
     mask = attention_mask.astype(bool)
     cache = init_kv_cache(config, batch, length, resolve_dtype(dtype))
     return apply_model(config, dtype, params, input_ids, prompt_positions(attention_mask), cache, 0,
-                       mask, intervention, output_hidden_states)
+                       mask, intervention, output_hidden_states, num_logits=num_logits)
 
 
 def forward(pre: Pretrained, input_ids, attention_mask=None, output_hidden_states: bool = False,
-            intervention: Optional[Intervention] = None) -> TransformerOutput:
+            intervention: Optional[Intervention] = None, output_logits: bool = True) -> TransformerOutput:
     """Full forward pass over a (left-padded) batch. int32 [B, T] in; logits [B, T, V] float32.
 
     hidden_states[i] is the input of block i (after any intervention there); hidden_states[L] is
     the final normed state, as in transformers. `intervention` must be a JAX pytree.
+    output_logits=False skips the LM head (logits None) when only hidden states are wanted.
     """
     input_ids = jnp.asarray(input_ids, jnp.int32)
     if input_ids.ndim != 2:
@@ -194,22 +197,25 @@ def forward(pre: Pretrained, input_ids, attention_mask=None, output_hidden_state
         raise ValueError(f"prompt length {input_ids.shape[1]} exceeds max_position_embeddings="
                          f"{pre.config.max_position_embeddings}")
     out = _forward(pre.params, input_ids, attention_mask, intervention, config=pre.config,
-                   dtype=pre.dtype, output_hidden_states=output_hidden_states)
+                   dtype=pre.dtype, output_hidden_states=output_hidden_states,
+                   num_logits=None if output_logits else 0)
     return out._replace(kv_cache=None)
 
 
 
-@functools.partial(jax.jit, static_argnames=("config", "dtype"))
-def _next_token_logprobs(params, input_ids, attention_mask, *, config, dtype):
+@functools.partial(jax.jit, static_argnames=("config", "dtype", "last"))
+def _next_token_logprobs(params, input_ids, attention_mask, *, config, dtype, last):
     logits = _forward(params, input_ids, attention_mask, None, config=config, dtype=dtype,
-                      output_hidden_states=False).logits[:, :-1]
-    targets = input_ids[:, 1:]
+                      output_hidden_states=False, num_logits=last + 1).logits[:, :-1]
+    targets = input_ids[:, input_ids.shape[1] - last:]
     picked = jnp.take_along_axis(logits, targets[..., None], axis=-1)[..., 0]
-    return picked - jax.nn.logsumexp(logits, axis=-1)  # [B, T-1], no [B, T, V] leaves the jit
+    return picked - jax.nn.logsumexp(logits, axis=-1)  # [B, last], no [B, T, V] leaves the jit
 
 
-def next_token_logprobs(pre: Pretrained, input_ids, attention_mask=None) -> jax.Array:
-    """float32 [B, T-1]: log p(input_ids[:, t+1] | input_ids[:, :t+1]) under the plain model.
+def next_token_logprobs(pre: Pretrained, input_ids, attention_mask=None,
+                        last: Optional[int] = None) -> jax.Array:
+    """float32 [B, last]: log p(token t | tokens before t) for the `last` tokens of each row
+    (default: all but the first) under the plain model; the head runs only on those positions.
 
     Left padding allowed (padded positions give meaningless values; mask them out).
     """
@@ -224,8 +230,11 @@ def next_token_logprobs(pre: Pretrained, input_ids, attention_mask=None) -> jax.
     if input_ids.shape[1] > pre.config.max_position_embeddings:
         raise ValueError(f"sequence length {input_ids.shape[1]} exceeds max_position_embeddings="
                          f"{pre.config.max_position_embeddings}")
+    last = input_ids.shape[1] - 1 if last is None else int(last)
+    if not 1 <= last < input_ids.shape[1]:
+        raise ValueError(f"last={last}: expected 1 <= last < sequence length {input_ids.shape[1]}")
     return _next_token_logprobs(pre.params, input_ids, attention_mask, config=pre.config,
-                                dtype=pre.dtype)
+                                dtype=pre.dtype, last=last)
 
 
 def smollm2_gguf_path() -> str:

@@ -51,7 +51,9 @@ class CausalLM(nn.Module):
     @nn.compact
     def __call__(self, input_ids, positions, kv_cache: KVCache, cache_index, kv_mask,
                  intervention: Optional[Intervention] = None, output_hidden_states: bool = False,
-                 last_logits_only: bool = False) -> TransformerOutput:
+                 last_logits_only: bool = False, num_logits: Optional[int] = None) -> TransformerOutput:
+        """num_logits: logits for the last n positions only (0: none, e.g. to read hidden states;
+        None: all). last_logits_only is num_logits=1."""
         cfg = self.config
         embed = nn.Embed(cfg.vocab_size, cfg.hidden_size, dtype=self.dtype, param_dtype=self.dtype,
                          name="embed_tokens")
@@ -71,14 +73,18 @@ class CausalLM(nn.Module):
         if output_hidden_states:
             hidden_states.append(x)
         if last_logits_only:
-            x = x[:, -1:]
-        if cfg.tie_word_embeddings:
+            num_logits = 1
+        if num_logits is not None:
+            x = x[:, x.shape[1] - num_logits:]
+        if num_logits == 0 and not self.is_initializing():
+            logits = None  # the head is the costliest matmul of a small model's forward
+        elif cfg.tie_word_embeddings:
             logits = embed.attend(x)
         else:
             logits = nn.Dense(cfg.vocab_size, use_bias=False, dtype=self.dtype,
                               param_dtype=self.dtype, name="lm_head")(x)
         return TransformerOutput(
-            logits=logits.astype(jnp.float32),
+            logits=None if logits is None else logits.astype(jnp.float32),
             hidden_states=tuple(hidden_states) if output_hidden_states else None,
             kv_cache=tuple(new_cache),
             intervention_aux=tuple(aux))
