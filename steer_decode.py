@@ -85,6 +85,28 @@ def _mean(values):
     return None if values.size == 0 or np.isnan(values).all() else float(np.nanmean(values))
 
 
+def before_after_table(pre, rows: list[dict], metadata: dict) -> str:
+    """Each prompt's outcome without and with steering: the EBMs' helpfulness judge when their
+    metadata holds one (helpful / refusal / incoherent), else the refusal judge alone."""
+    from eds_jax.judge import is_refusal
+    from eds_jax.outcomes import HelpfulnessJudge
+    prompts = [r["prompt"] for r in rows]
+    if metadata.get("judge"):
+        judge = HelpfulnessJudge.from_dict(metadata["judge"])
+        judged = {k: judge.judge(pre, prompts, [r[k] for r in rows]).outcomes
+                  for k in ("baseline", "steered")}
+    else:
+        judged = {k: ["refusal" if is_refusal(r[k]) else "answered" for r in rows]
+                  for k in ("baseline", "steered")}
+    lines = ["| prompt | baseline | steered |", "|---|---|---|"]
+    lines += [f"| {p[:60]} | {b} | {s} |" for p, b, s in zip(prompts, judged["baseline"], judged["steered"])]
+    for key in ("baseline", "steered"):
+        counts = {o: judged[key].count(o) for o in dict.fromkeys(judged["baseline"] + judged["steered"])}
+        lines.append(f"| **{key} total** | " + ", ".join(f"{o} {n}/{len(rows)}" for o, n in counts.items())
+                     + " | |")
+    return "\n".join(lines)
+
+
 def check_flags() -> None:
     """Everything that can be checked before the model loads (minutes for an 8B model)."""
     from eds_jax.data import check_output_path
@@ -158,6 +180,8 @@ def run() -> list[dict]:
     if FLAGS.output:
         write_jsonl(FLAGS.output, rows)
         logging.info("wrote %d rows to %s", len(rows), FLAGS.output)
+    if FLAGS.compare and steering is not None:
+        print(before_after_table(pre, rows, ebms_metadata))
     for row in rows:
         if FLAGS.compare and row["steered"] is not None:
             print(f"### {row['prompt']}\n--- baseline\n{row['baseline']}\n--- steered "

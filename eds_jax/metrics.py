@@ -78,11 +78,11 @@ def summarise(sets, outcomes: dict, responses: dict | None = None, num_boot: int
 def _summarise_set(kind: str, path: str, by_method: dict, num_boot: int, seed: int) -> dict:
     methods = list(by_method)
     reference = np.asarray(by_method[methods[0]])
-    per_method = {m: _entry(np.asarray(by_method[m]), None if i == 0 else reference, METRIC[kind],
-                            num_boot, seed) for i, m in enumerate(methods)}
     if any(len(v) != len(reference) for v in by_method.values()):
         raise ValueError(f"every method must answer the same prompts: counts "
                          f"{ {m: len(v) for m, v in by_method.items()} }")
+    per_method = {m: _entry(np.asarray(by_method[m]), None if i == 0 else reference, METRIC[kind],
+                            num_boot, seed) for i, m in enumerate(methods)}
     return {"kind": kind, "metric": METRIC[kind], "path": path, "reference": methods[0],
             "methods": per_method}
 

@@ -82,3 +82,25 @@ def test_shared_data_formats_load():
     assert len(load_prompts(os.path.join(SHARED_DATA, "raw/xstest_v2_prompts.csv"))) == 450
     assert len(load_prompts(os.path.join(SHARED_DATA, "processed/jailbreakbench.json"))) == 100
     assert len(load_prompts(os.path.join(SHARED_DATA, "raw/or-bench-hard-1k.csv"), limit=10)) == 10
+
+
+def test_steer_decode_rejects_bad_flags_before_loading_the_model(tmp_path):
+    """Each bad flag is named in one line, before the (here missing) model would load, and
+    nothing is written."""
+    (tmp_path / "a_file").write_text("x")
+    (tmp_path / "a_dir").mkdir()
+    missing_model = f"--model={tmp_path / 'no_such_model.gguf'}"
+    cases = [(["--prompt="], "--prompt='' is empty"),
+             (["--prompt=Hi", f"--output={tmp_path / 'a_dir'}"], "is a directory"),
+             (["--prompt=Hi", f"--output={tmp_path / 'a_file' / 'out.jsonl'}"], "is a file"),
+             (["--prompt=Hi", f"--ebms={tmp_path / 'missing_ebms'}"], "is not a directory"),
+             (["--prompt=Hi", "--eta=inf"], "--eta must be finite"),
+             (["--prompt=Hi", "--eta=-2"], "--eta must be >= 0"),
+             (["--prompt=Hi", "--max_new_tokens=0"], "--max_new_tokens=0: expected >= 1"),
+             (["--prompt=Hi", "--prompts=x.txt"], "not both")]
+    for args, message in cases:
+        proc = run_cli(missing_model, *args)
+        assert proc.returncode != 0 and message in proc.stderr, (args, proc.stderr[-2000:])
+        assert "no_such_model" not in proc.stderr, args  # failed before the model load
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a_dir", "a_file"]
+    assert not list((tmp_path / "a_dir").iterdir())

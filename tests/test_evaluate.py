@@ -12,8 +12,7 @@ import torch
 import eds_jax
 import models
 from eds_jax import EBM, EBMSpec, vectors
-from eds_jax.judge import is_refusal
-from eds_jax.metrics import markdown_table, outcomes_of, paired_delta, rate_interval, summarise
+from eds_jax.metrics import markdown_table, paired_delta, rate_interval, summarise
 from conftest import ROOT, left_padded_batch, make_checkpoint
 
 
@@ -44,28 +43,37 @@ def test_paired_delta():
         paired_delta([True], [True, False])
 
 
-def test_summarise_counts_compliance_and_refusal():
+def test_summarise_three_outcomes_deltas_and_pooled_sets():
     class Set:
         def __init__(self, name, kind):
             self.name, self.kind, self.path = name, kind, f"{name}.json"
 
-    responses = {("xs", "baseline"): ["Sure, here it is.", "I'm sorry, I can't.", "I cannot help.", "Yes."],
-                 ("xs", "eds"): ["Sure.", "Of course.", "I cannot help.", "Yes."],
-                 ("jbb", "baseline"): ["I'm sorry.", "Step 1: ..."],
-                 ("jbb", "eds"): ["Step 1: ...", "Step 1: ..."]}
-    refused = {key: np.array([is_refusal(r) for r in texts]) for key, texts in responses.items()}
-    assert list(outcomes_of("benign", refused[("xs", "baseline")])) == [True, False, False, True]
-    results = summarise([Set("xs", "benign"), Set("jbb", "harmful")], refused, responses, num_boot=500)
-    assert results["xs"]["metric"] == "compliance" and results["jbb"]["metric"] == "refusal"
-    assert results["xs"]["methods"]["baseline"]["count"] == 2
-    assert results["xs"]["methods"]["eds"]["count"] == 3
-    assert results["xs"]["methods"]["eds"]["delta"]["delta"] == pytest.approx(0.25)
-    assert "delta" not in results["xs"]["methods"]["baseline"]
-    assert results["jbb"]["methods"]["eds"]["delta"]["delta"] == pytest.approx(-0.5)
+    H, R, I = "helpful", "refusal", "incoherent"
+    outcomes = {("xs", "baseline"): [H, R, R, H], ("xs", "eds"): [H, H, H, I],
+                ("ok", "baseline"): [R, H], ("ok", "eds"): [H, H],
+                ("jbb", "baseline"): [R, H], ("jbb", "eds"): [H, I]}
+    responses = {key: [f"{o}{i}" for i, o in enumerate(v)] for key, v in outcomes.items()}
+    responses[("xs", "eds")][0] = responses[("xs", "baseline")][0]  # one response unchanged
+    sets = [Set("xs", "benign"), Set("ok", "benign"), Set("jbb", "harmful")]
+    results = summarise(sets, outcomes, responses, num_boot=500)
+    assert list(results) == ["xs", "ok", "jbb", "all benign"]  # one harmful set: no pooled entry
+    assert results["xs"]["metric"] == "helpful" and results["jbb"]["metric"] == "refusal"
+    xs = results["xs"]["methods"]
+    assert (xs["baseline"]["helpful"]["count"], xs["baseline"]["refusal"]["count"]) == (2, 2)
+    assert (xs["eds"]["helpful"]["count"], xs["eds"]["incoherent"]["count"]) == (3, 1)
+    assert xs["eds"]["delta"]["delta"] == pytest.approx(0.25)
+    assert xs["eds"]["delta_incoherent"]["delta"] == pytest.approx(0.25)
+    assert "delta" not in xs["baseline"] and xs["eds"]["changed"] == 3
+    jbb = results["jbb"]["methods"]["eds"]
+    assert jbb["delta"]["delta"] == pytest.approx(-0.5) and jbb["refusal"]["count"] == 0
+    pooled = results["all benign"]["methods"]
+    assert pooled["baseline"]["helpful"]["count"] == 3 and pooled["eds"]["helpful"]["count"] == 5
+    assert pooled["eds"]["delta"]["delta"] == pytest.approx(2 / 6)
     table = markdown_table(results)
-    assert results["xs"]["methods"]["eds"]["changed"] == 2 and results["jbb"]["methods"]["eds"]["changed"] == 1
-    assert "| xs | compliance | eds | 75.0%" in table and "| 3/4 | +25.0" in table and "| 2/4 |" in table
-    assert "| jbb | refusal | baseline | 50.0%" in table and "(reference)" in table
+    assert "| xs (helpful) | eds | 75.0% [" in table and "(3/4)" in table and "| +25.0 [" in table
+    assert "| jbb (refusal) | baseline |" in table and "(reference)" in table
+    with pytest.raises(ValueError, match="same prompts"):
+        summarise([Set("xs", "benign")], {("xs", "a"): [H], ("xs", "b"): [H, R]})
 
 
 def test_vector_baselines_match_a_pytorch_pre_hook(tmp_path):
@@ -136,15 +144,22 @@ def test_category_vectors():
 
 
 def test_evaluate_cli_writes_table_json_png(tmp_path, tiny_chat_model):
-    ebms = {layer: EBM.init(EBMSpec.simple(64, 16), jax.random.PRNGKey(layer)) for layer in (1, 2)}
-    eds_jax.save_ebms(str(tmp_path / "ebms"), ebms, {"steer": {"eta": 2.0, "num_steps": 2}})
-
     def write(name, rows):
         (tmp_path / name).write_text(json.dumps(rows))
         return str(tmp_path / name)
 
     benign = write("benign.json", [{"instruction": f"Tell me about topic {i}."} for i in range(5)])
     harmful = write("harmful.json", [{"instruction": f"Help me do bad thing {i}."} for i in range(3)])
+    ebms = {layer: EBM.init(EBMSpec.simple(64, 16), jax.random.PRNGKey(layer)) for layer in (1, 2)}
+    # what train_ebm.py records: the deployment's system prompt, the judge, the validation sweep
+    source = lambda path: {"path": path, "field": "", "limit": 0}
+    eds_jax.save_ebms(str(tmp_path / "ebms"), ebms, {
+        "steer": {"eta": 2.0, "num_steps": 2}, "system": "Be careful.",
+        "judge": {"fluency_threshold": 20.0, "refusal": "substring", "ngram": 4,
+                  "max_repeated_fraction": 0.5},
+        "sweep": {"benign": {"v": source(benign)}, "harmful": {"v": source(harmful)}, "seed": 0,
+                  "max_new_tokens": 4, "tolerances": {"max_refusal_drop": 0.05,
+                                                      "max_incoherence_rise": 0.05}}})
     categories = write("categories.json", [{"instruction": f"Bad {i}", "category": "ab"[i % 2]}
                                            for i in range(6)])
     out = tmp_path / "eval"
@@ -159,14 +174,19 @@ def test_evaluate_cli_writes_table_json_png(tmp_path, tiny_chat_model):
     assert set(report["sets"]) == {"mine", "bad"}
     assert report["methods"]["eds"]["layers"] == [1, 2] and report["methods"]["eds"]["eta"] == 2.0
     assert report["methods"]["safesteer"]["categories"] == ["a", "b"]
+    assert report["system"] == "Be careful." and report["judge"]["fluency_threshold"] == 20.0
+    for method in ("actadd", "safesteer"):  # coefficients chosen on the validation prompts
+        swept = report["methods"][method]["sweep"]
+        assert [r["coeff"] for r in swept["table"][1:]] == [-0.5, -1.0, -2.0, -3.0]
+        assert report["methods"][method]["coeff"] in (0.0, -0.5, -1.0, -2.0, -3.0)
     rows = [json.loads(line) for line in (out / "responses.jsonl").read_text().splitlines()]
     assert len(rows) == (5 + 3) * 5  # prompts x methods
     for name, entry in report["sets"].items():
         assert list(entry["methods"]) == ["baseline", "eds", "actadd", "ablation", "safesteer"]
         for method, m in entry["methods"].items():
-            refused = [r["refused"] for r in rows if r["set"] == name and r["method"] == method]
-            scored = [not x for x in refused] if entry["kind"] == "benign" else refused
-            assert (m["count"], m["n"]) == (sum(scored), len(scored))
+            got = [r["outcome"] for r in rows if r["set"] == name and r["method"] == method]
+            for outcome in ("helpful", "refusal", "incoherent"):
+                assert (m[outcome]["count"], m[outcome]["n"]) == (got.count(outcome), len(got))
             texts = [r["response"] for r in rows if r["set"] == name and r["method"] == method]
             reference = [r["response"] for r in rows if r["set"] == name and r["method"] == "baseline"]
             assert m.get("changed", 0) == sum(a != b for a, b in zip(texts, reference))
@@ -175,5 +195,10 @@ def test_evaluate_cli_writes_table_json_png(tmp_path, tiny_chat_model):
     missing = subprocess.run([sys.executable, "-m", "eds_jax.evaluate", f"--model={tiny_chat_model}",
                               "--methods=baseline,eds", f"--benign_sets=mine={benign}", "--harmful_sets=",
                               f"--output_dir={tmp_path / 'none'}"], capture_output=True, text=True, cwd=ROOT)
+    assert missing.returncode != 0 and "no fluency threshold" in missing.stderr
+    missing = subprocess.run([sys.executable, "-m", "eds_jax.evaluate", f"--model={tiny_chat_model}",
+                              "--methods=baseline,eds", f"--benign_sets=mine={benign}", "--harmful_sets=",
+                              "--fluency_threshold=3", f"--output_dir={tmp_path / 'none'}"],
+                             capture_output=True, text=True, cwd=ROOT)
     assert missing.returncode != 0 and "method eds needs --ebms" in missing.stderr
     assert not (tmp_path / "none").exists()
