@@ -11,5 +11,6 @@ def get_config():
     c.train.epochs = 4
     c.train.batch_size = 8
     c.steer.top_n_layers = 2
+    c.collect.system = "Be careful."  # short, so the tests stay fast; round-trips like the default's
     c.sweep.etas = ()  # tests that want the sweep set it
     return c

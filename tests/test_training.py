@@ -105,26 +105,37 @@ def run_script(name, *args):
 
 def test_train_ebm_end_to_end_then_steer_decode(tmp_path, tiny_chat_model):
     workdir = tmp_path / "run"
-    args = ["--config=configs/tiny.py", f"--config.model.source={tiny_chat_model}", f"--workdir={workdir}"]
+    args = ["--config=configs/tiny.py", f"--config.model.source={tiny_chat_model}", f"--workdir={workdir}",
+            "--config.sweep.etas=(1.0,4.0)", "--config.sweep.max_new_tokens=4",
+            "--config.sweep.benign.prompts.limit=6", "--config.sweep.harmful.prompts.limit=6"]
     proc = run_script("train_ebm.py", *args)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert "label counts" in proc.stdout and "chosen layers" in proc.stdout
+    assert "label counts" in proc.stdout and "steering setting chosen on validation prompts" in proc.stdout
     metrics = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
     assert len(metrics) == 4 * 3  # epochs x layers of the tiny config
-    for png in ("layer_quality.png", "energy_histograms.png"):
+    for png in ("layer_quality.png", "energy_histograms.png", "sweep_tradeoff.png"):
         assert (workdir / png).read_bytes()[:4] == b"\x89PNG"
     import eds_jax
     ebms, meta = eds_jax.load_ebms(str(workdir / "ebms"))
     assert len(ebms) == 2 and meta["selected_by"] == "auc" and meta["hidden_size"] == 64
+    # the deployment, the judge and the sweep travel with the EBMs
+    assert meta["system"] == "Be careful." and meta["judge"]["fluency_threshold"] > 0
+    table = meta["sweep"]["table"]
+    assert [r.get("eta") for r in table] == [None, 1.0, 4.0] and table[0]["benign_n"] == 6
+    assert meta["steer"]["eta"] == (0.0 if meta["sweep"]["chosen"] == "unsteered"
+                                    else [r for r in table if r["setting"] == meta["sweep"]["chosen"]][0]["eta"])
+    swept = [json.loads(line) for line in (workdir / "sweep_responses.jsonl").read_text().splitlines()]
+    assert len(swept) == 3 * 12
     out = tmp_path / "steered.jsonl"
     proc = run_script("steer_decode.py", f"--model={tiny_chat_model}", f"--ebms={workdir / 'ebms'}",
                       "--prompt=Hello there", "--max_new_tokens=6", f"--output={out}")
     assert proc.returncode == 0, proc.stderr[-3000:]
     row = json.loads(out.read_text())
     assert row["layers"] == sorted(int(k) for k in ebms) and row["steered"] is not None
+    assert row["system"] == "Be careful."  # decoded under the EBMs' own deployment
     # a rerun reuses collection and the finished training
     again = run_script("train_ebm.py", *args)
-    assert again.returncode == 0 and "chosen layers" in again.stdout
+    assert again.returncode == 0 and "steering setting chosen" in again.stdout
 
 
 def test_train_ebm_bad_input(tmp_path, tiny_chat_model):
