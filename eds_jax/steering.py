@@ -32,7 +32,7 @@ def check_setting(name: str, value, minimum: Optional[float] = None) -> np.ndarr
     if not np.isfinite(array).all():
         raise ValueError(f"{name} must be finite, got {value!r}")
     if minimum is not None and (array < minimum).any():
-        raise ValueError(f"{name} must be >= {minimum}, got {value!r}")
+        raise ValueError(f"{name} must be >= {minimum:g}, got {value!r}")
     return array.astype(np.float32)
 
 

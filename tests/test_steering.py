@@ -143,7 +143,7 @@ def test_steering_checks_model_and_arguments(tiny):
     with pytest.raises(ValueError, match=r"layers \[3\] are out of range .* 3 layers"):
         eds_jax.steered_generate(tiny, ids, mask, steering=out_of_range, max_new_tokens=2)
     ebm = EBM.init(EBMSpec.simple(D, 16), jax.random.PRNGKey(0))
-    with pytest.raises(ValueError, match="eta must be >= 0"):
+    with pytest.raises(ValueError, match=r"eta for layer \d+ must be >= 0"):
         Steering({0: ebm}, eta=-0.1)
     with pytest.raises(ValueError, match="per-layer eta covers"):
         Steering({0: ebm, 1: ebm}, eta={0: 0.1})
