@@ -56,13 +56,30 @@ def summary_table(layers, result, chosen) -> str:
     return "\n".join(lines)
 
 
-def choose_steering(cfg, pre, ranked: list[int], layer_ebm, prompts: set, workdir: str,
-                    sharding) -> dict:
+def validation_prompts(cfg, training_prompts: set) -> tuple[list[str], list[str]]:
+    """The benign and harmful validation prompts of `cfg.sweep` (none when it names no etas);
+    read before any work, and checked to share no prompt with training."""
+    from eds_jax import collect as collection_lib
+    if not cfg.sweep.etas:
+        return [], []
+    benign = collection_lib.read_sources(cfg.sweep.benign, cfg.data.seed)
+    harmful = collection_lib.read_sources(cfg.sweep.harmful, cfg.data.seed)
+    shared = sorted(training_prompts & (set(benign) | set(harmful)))
+    if shared:
+        raise ValueError(f"{len(shared)} validation prompts of config.sweep are also training prompts, "
+                         f"e.g. {shared[0]!r}; settings must be chosen on held-out prompts")
+    if not benign or not harmful:
+        raise ValueError(f"config.sweep needs benign and harmful validation prompts, got {len(benign)} "
+                         f"and {len(harmful)}")
+    return benign, harmful
+
+
+def choose_steering(cfg, pre, ranked: list[int], layer_ebm, validation: tuple[list, list],
+                    workdir: str, sharding) -> dict:
     """Layers, eta and steps: swept on the validation prompts of `cfg.sweep` when it names etas,
     else `cfg.steer` as it is. Returns {layers, eta, num_steps, judge, sweep}."""
     import jax
     import eds_jax
-    from eds_jax import collect as collection_lib
     from eds_jax import outcomes, plots
     from eds_jax import sweep as sweep_lib
     from eds_jax.data import write_jsonl
@@ -71,12 +88,7 @@ def choose_steering(cfg, pre, ranked: list[int], layer_ebm, prompts: set, workdi
     if not s.etas:
         return {"layers": sorted(ranked[:int(cfg.steer.top_n_layers)]), "eta": float(cfg.steer.eta),
                 "num_steps": int(cfg.steer.num_steps), "judge": None, "sweep": None}
-    benign = collection_lib.read_sources(s.benign, cfg.data.seed)
-    harmful = collection_lib.read_sources(s.harmful, cfg.data.seed)
-    shared = sorted(prompts & (set(benign) | set(harmful)))
-    if shared:
-        raise ValueError(f"{len(shared)} validation prompts of config.sweep are also training prompts, "
-                         f"e.g. {shared[0]!r}; settings must be chosen on held-out prompts")
+    benign, harmful = validation
     steps_list = tuple(int(x) for x in s.num_steps) or (int(cfg.steer.num_steps),)
     tops = tuple(int(x) for x in s.top_n_layers) or (int(cfg.steer.top_n_layers),)
     ebms = {layer: layer_ebm(layer) for layer in ranked[:max(tops)]}
@@ -130,6 +142,12 @@ def run(cfg, workdir: str) -> dict:
     from eds_jax.judge import get_judge
 
     start = time.time()
+    if os.path.exists(workdir) and not os.path.isdir(workdir):
+        raise app.UsageError(f"--workdir={workdir!r} is a file; expected a directory (new or existing)")
+    # every prompt source is read before the model loads and before anything is written
+    benign = collection_lib.read_sources(cfg.data.benign, cfg.data.seed)
+    harmful = collection_lib.read_sources(cfg.data.harmful, cfg.data.seed)
+    validation = validation_prompts(cfg, set(benign) | set(harmful))
     maybe_initialize_distributed(cfg)
     os.makedirs(workdir, exist_ok=True)
     mesh = training.make_mesh(cfg.mesh.data, cfg.mesh.model)
@@ -143,8 +161,6 @@ def run(cfg, workdir: str) -> dict:
                          tuple(cfg.ebm.hidden_dims), cfg.ebm.dropout_rate, cfg.ebm.use_layernorm)
     train_config = training.TrainConfig(cfg.train.epochs, cfg.train.batch_size, cfg.train.learning_rate,
                                         cfg.train.temperature, cfg.train.seed, cfg.train.select_by)
-    benign = collection_lib.read_sources(cfg.data.benign, cfg.data.seed)
-    harmful = collection_lib.read_sources(cfg.data.harmful, cfg.data.seed)
     data = collection_lib.collect(pre, benign, harmful, os.path.join(workdir, "collect"),
                                   cfg.collect.to_dict(), get_judge(cfg.collect.judge),
                                   batch_sharding=batch_sharding(mesh))
@@ -162,8 +178,8 @@ def run(cfg, workdir: str) -> dict:
     ranked = [int(layers[i]) for i in np.lexsort((result["metrics"]["loss"], -scores))]  # ties: val loss
     index = {layer: i for i, layer in enumerate(layers)}
     layer_ebm = lambda layer: result["trainer"].layer_ebm(result["params"], index[layer])
-    steer = choose_steering(cfg, pre, ranked, layer_ebm, prompts=set(benign) | set(harmful),
-                            workdir=workdir, sharding=batch_sharding(mesh))
+    steer = choose_steering(cfg, pre, ranked, layer_ebm, validation, workdir=workdir,
+                            sharding=batch_sharding(mesh))
     chosen = steer.pop("layers")
     validation = {str(layer): {"auc": float(result["metrics"]["auc"][index[layer]]),
                                "sign_accuracy": float(result["metrics"]["sign_accuracy"][index[layer]]),

@@ -196,6 +196,8 @@ def forward(pre: Pretrained, input_ids, attention_mask=None, output_hidden_state
     if input_ids.shape[1] > pre.config.max_position_embeddings:
         raise ValueError(f"prompt length {input_ids.shape[1]} exceeds max_position_embeddings="
                          f"{pre.config.max_position_embeddings}")
+    if intervention is not None and hasattr(intervention, "check_model"):
+        intervention.check_model(pre.config)  # a clear error, not a Flax shape error
     out = _forward(pre.params, input_ids, attention_mask, intervention, config=pre.config,
                    dtype=pre.dtype, output_hidden_states=output_hidden_states,
                    num_logits=None if output_logits else 0)

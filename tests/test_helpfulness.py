@@ -165,3 +165,10 @@ def test_corrupt_ebm_parameters_are_refused_on_load(tmp_path):
         eds_jax.save_ebms(directory, {1: EBM(params=params, spec=ebm.spec)}, {})
         with pytest.raises(ValueError, match=message):
             eds_jax.load_ebms(directory)
+
+
+def test_forward_with_an_intervention_of_the_wrong_width_says_so(smollm2):
+    import models
+    steering = eds_jax.Steering(_ebms(64, (3,)))
+    with pytest.raises(ValueError, match="EBM input width 64 != model hidden size 576"):
+        models.forward(smollm2, np.ones((1, 4), np.int32), intervention=steering)

@@ -152,6 +152,15 @@ def test_train_ebm_bad_input(tmp_path, tiny_chat_model):
     proc = run_script("train_ebm.py", *base, f"--workdir={tmp_path / 'c'}",
                       f"--config.data.benign.prompts.path={malformed}")
     assert proc.returncode != 0 and "malformed.jsonl, line 2: invalid JSON" in proc.stderr, proc.stderr[-2000:]
+    # read before anything is written: no empty work directory is left behind
+    assert not (tmp_path / "b").exists() and not (tmp_path / "c").exists()
+    proc = run_script("train_ebm.py", *base, f"--workdir={tmp_path / 'd'}", "--config.sweep.etas=(1.0,)",
+                      f"--config.sweep.benign.prompts.path={tmp_path / 'missing.jsonl'}")
+    assert proc.returncode != 0 and "missing.jsonl' does not exist" in proc.stderr, proc.stderr[-2000:]
+    assert not (tmp_path / "d").exists()
+    (tmp_path / "a_file").write_text("x")
+    proc = run_script("train_ebm.py", *base, f"--workdir={tmp_path / 'a_file'}")
+    assert proc.returncode != 0 and "is a file; expected a directory" in proc.stderr, proc.stderr[-2000:]
 
 
 def _free_port():
