@@ -10,6 +10,7 @@ baseline is generated, and the output says so.
 """
 from __future__ import annotations
 
+import json
 import os
 import sys
 
@@ -45,15 +46,16 @@ flags.DEFINE_boolean("compare", False, "print baseline and steered responses sid
 FLAGS = flags.FLAGS
 
 
-def build_steering(hidden_size: int):
-    """Steering from the flags, or None when no EBM was given."""
+def build_steering(hidden_size: int, loaded=None):
+    """Steering from the flags, or None when no EBM was given. `loaded`: what
+    `eds_jax.load_ebms(FLAGS.ebms)` returned, when --ebms is given."""
     import eds_jax
     from eds_jax.ebm_io import steering_settings
     if FLAGS.ebms and FLAGS.torch_ebm:
         raise app.UsageError("give --ebms or --torch_ebm, not both")
     metadata = {}
     if FLAGS.ebms:
-        ebms, metadata = eds_jax.load_ebms(FLAGS.ebms)
+        ebms, metadata = loaded
     elif FLAGS.torch_ebm:
         ebms = {}
         for item in FLAGS.torch_ebm:
@@ -83,6 +85,43 @@ def _mean(values):
     import numpy as np
     values = np.asarray(values, np.float64)
     return None if values.size == 0 or np.isnan(values).all() else float(np.nanmean(values))
+
+
+def _resume(partial, run_key) -> list[dict]:
+    """The rows a killed run with the same flags and prompts finished, or none."""
+    if not partial or not os.path.isfile(partial):
+        return []
+    with open(partial, encoding="utf-8") as f:
+        lines = [json.loads(line) for line in f]
+    if not lines or lines[0].get("run") != run_key:
+        logging.warning("%s belongs to another run; starting afresh", partial)
+        return []
+    logging.warning("resuming after %d finished prompts from %s", len(lines) - 1, partial)
+    return lines[1:]
+
+
+def decode_rows(pre, prompts, steering, system, options, offset: int) -> list[dict]:
+    """Baseline and (when steering) steered responses, energies and layers for `prompts`."""
+    import numpy as np
+    import eds_jax
+    baseline = eds_jax.generate_text(pre, prompts, system=system, **options)
+    rows = [{"prompt": p, "baseline": b, "steered": None, "energy_before": None,
+             "energy_after": None, "system": system} for p, b in zip(prompts, baseline)]
+    if steering is None:
+        return rows
+    steered, outputs = eds_jax.generate_text(pre, prompts, steering=steering, system=system,
+                                             return_outputs=True, **options)
+    before = np.concatenate([np.asarray(o.energies) for o in outputs])
+    after = np.concatenate([np.asarray(o.energies_after) for o in outputs])
+    lengths = np.concatenate([np.asarray(o.lengths) for o in outputs])
+    for i, row in enumerate(rows):  # energies are NaN after EOS by design, finite before it
+        if not (np.isfinite(before[i, :lengths[i]]).all() and np.isfinite(after[i, :lengths[i]]).all()):
+            raise ValueError(f"steering gave non-finite energies for prompt {offset + i} "
+                             f"({row['prompt'][:60]!r}): the EBMs or settings are broken; "
+                             "nothing more was written")
+        row.update(steered=steered[i], energy_before=_mean(before[i]),
+                   energy_after=_mean(after[i]), layers=list(steering.layers))
+    return rows
 
 
 def before_after_table(pre, rows: list[dict], metadata: dict) -> str:
@@ -138,7 +177,6 @@ def check_flags() -> None:
 
 
 def run() -> list[dict]:
-    import numpy as np
     import models
     import eds_jax
     from eds_jax import deployment
@@ -147,41 +185,38 @@ def run() -> list[dict]:
     check_flags()
     prompts = [FLAGS.prompt] if FLAGS.prompt is not None else load_prompts(
         FLAGS.prompts, FLAGS.prompt_field, FLAGS.limit)
-    ebms_metadata = eds_jax.load_ebms(FLAGS.ebms)[1] if FLAGS.ebms else {}  # a bad dir fails here
+    loaded = eds_jax.load_ebms(FLAGS.ebms) if FLAGS.ebms else None  # a bad dir fails before the model
     source = FLAGS.model or models.smollm2_gguf_path()
     pre = models.load_pretrained(source, dtype=FLAGS.dtype)
-    steering, metadata = build_steering(pre.config.hidden_size)
+    steering, metadata = build_steering(pre.config.hidden_size, loaded)
     if steering is not None:
         steering.check_model(pre.config)
         logging.info("steering layers %s, eta=%s, steps=%d", steering.layers,
                      {k: float(v) for k, v in steering.etas.items()}, steering.num_steps)
     else:
         logging.warning("no EBMs given (--ebms / --torch_ebm): generating the baseline only")
-    system = deployment.system_for(ebms_metadata, FLAGS.system)
-    options = dict(system=system, max_new_tokens=FLAGS.max_new_tokens,
-                   batch_size=FLAGS.batch_size, temperature=FLAGS.temperature, top_p=FLAGS.top_p,
-                   seed=FLAGS.seed, progress=True)
-    baseline = eds_jax.generate_text(pre, prompts, **options)
-    rows = [{"prompt": p, "baseline": b, "steered": None, "energy_before": None,
-             "energy_after": None, "system": system} for p, b in zip(prompts, baseline)]
-    if steering is not None:
-        steered, outputs = eds_jax.generate_text(pre, prompts, steering=steering,
-                                                 return_outputs=True, **options)
-        before = np.concatenate([np.asarray(o.energies) for o in outputs])
-        after = np.concatenate([np.asarray(o.energies_after) for o in outputs])
-        lengths = np.concatenate([np.asarray(o.lengths) for o in outputs])
-        for i, row in enumerate(rows):  # energies are NaN after EOS by design, finite before it
-            if not (np.isfinite(before[i, :lengths[i]]).all() and np.isfinite(after[i, :lengths[i]]).all()):
-                raise ValueError(f"steering gave non-finite energies for prompt {i} "
-                                 f"({row['prompt'][:60]!r}): the EBMs or settings are broken; "
-                                 "nothing was written")
-            row.update(steered=steered[i], energy_before=_mean(before[i]),
-                       energy_after=_mean(after[i]), layers=list(steering.layers))
+    system = deployment.system_for(metadata, FLAGS.system)
+    options = dict(max_new_tokens=FLAGS.max_new_tokens, batch_size=FLAGS.batch_size,
+                   temperature=FLAGS.temperature, top_p=FLAGS.top_p, seed=FLAGS.seed)
+    # finished batches go to OUTPUT.partial (atomically) as they complete; a killed run restarted
+    # with the same flags resumes there. Each batch gets the seed it would get in one pass.
+    partial = f"{FLAGS.output}.partial" if FLAGS.output else None
+    run_key = json.dumps({"argv": sorted(a for a in sys.argv[1:]), "prompts": prompts,
+                          "system": system}, sort_keys=True)
+    rows = _resume(partial, run_key)
+    for start in range(len(rows), len(prompts), FLAGS.batch_size):
+        chunk = prompts[start:start + FLAGS.batch_size]
+        options["seed"] = FLAGS.seed + start
+        rows += decode_rows(pre, chunk, steering, system, options, start)
+        if partial:
+            write_jsonl(partial, [{"run": run_key}] + rows)
     if FLAGS.output:
         write_jsonl(FLAGS.output, rows)
+        if os.path.exists(partial):  # the whole output is written: the partial file is done
+            os.remove(partial)
         logging.info("wrote %d rows to %s", len(rows), FLAGS.output)
     if FLAGS.compare and steering is not None:
-        print(before_after_table(pre, rows, ebms_metadata))
+        print(before_after_table(pre, rows, metadata))
     for row in rows:
         if FLAGS.compare and row["steered"] is not None:
             print(f"### {row['prompt']}\n--- baseline\n{row['baseline']}\n--- steered "

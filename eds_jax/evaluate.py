@@ -76,7 +76,7 @@ flags.DEFINE_string("direction_benign", _shared("splits/harmless_train.json"),
 flags.DEFINE_integer("direction_limit", 256, "prompts read from each direction file (0 = all)")
 flags.DEFINE_float("actadd_coeff", None, "activation addition coefficient (< 0 subtracts the "
                    "direction); default: chosen from --actadd_coeffs on the validation prompts")
-flags.DEFINE_list("actadd_coeffs", ["-0.5", "-1", "-2", "-3"], "candidates for the actadd coefficient")
+flags.DEFINE_list("actadd_coeffs", ["-0.25", "-0.5", "-1", "-2"], "candidates for the actadd coefficient")
 flags.DEFINE_string("safesteer_prompts", _shared("processed/strongreject.json"),
                     "harmful prompts with a category field, for the SafeSteer category vectors")
 flags.DEFINE_string("safesteer_category_field", "category", "field naming each prompt's category")
@@ -84,7 +84,7 @@ flags.DEFINE_string("safesteer_category", "", "the category whose vector is appl
                     "(empty: the mean of all category vectors)")
 flags.DEFINE_float("safesteer_coeff", None, "SafeSteer coefficient (< 0 steers away from the "
                    "category); default: chosen from --safesteer_coeffs on the validation prompts")
-flags.DEFINE_list("safesteer_coeffs", ["-0.5", "-1", "-2", "-3"], "candidates for the SafeSteer coefficient")
+flags.DEFINE_list("safesteer_coeffs", ["-0.25", "-0.5", "-1", "-2"], "candidates for the SafeSteer coefficient")
 flags.DEFINE_integer("bootstrap", 2000, "bootstrap resamples for the 95% intervals")
 flags.DEFINE_integer("seed", 0, "bootstrap seed")
 flags.DEFINE_string("output_dir", "eval", "where results.md/json, rates.png, responses.jsonl go")

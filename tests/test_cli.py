@@ -104,3 +104,37 @@ def test_steer_decode_rejects_bad_flags_before_loading_the_model(tmp_path):
         assert "no_such_model" not in proc.stderr, args  # failed before the model load
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a_dir", "a_file"]
     assert not list((tmp_path / "a_dir").iterdir())
+
+
+def test_killed_steer_decode_resumes_to_the_same_output(tmp_path, tiny_chat_model):
+    """Finished batches are kept in OUTPUT.partial; a run killed with SIGKILL and restarted with the
+    same flags ends with the same file as an uninterrupted run."""
+    import signal
+    import time
+    ebms = {layer: EBM.init(EBMSpec.simple(64, 16), jax.random.PRNGKey(layer)) for layer in (1, 2)}
+    eds_jax.save_ebms(str(tmp_path / "ebms"), ebms, {"steer": {"eta": 2.0, "num_steps": 2}})
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("\n".join(f"Tell me about topic {i}." for i in range(6)) + "\n")
+
+    def args(out):
+        return [os.path.join(ROOT, "steer_decode.py"), f"--model={tiny_chat_model}", f"--prompts={prompts}",
+                f"--ebms={tmp_path / 'ebms'}", "--batch_size=2", "--max_new_tokens=24", f"--output={out}"]
+
+    whole = tmp_path / "whole.jsonl"
+    assert subprocess.run([sys.executable, *args(whole)], capture_output=True, cwd=ROOT).returncode == 0
+    out = tmp_path / "out.jsonl"
+    proc = subprocess.Popen([sys.executable, *args(out)], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, cwd=ROOT)
+    partial = tmp_path / "out.jsonl.partial"
+    deadline = time.time() + 300
+    while time.time() < deadline and proc.poll() is None and not partial.exists():
+        time.sleep(0.05)
+    assert proc.poll() is None, "the run ended before it could be killed"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    done = len(partial.read_text().splitlines()) - 1  # the first line names the run
+    assert 2 <= done < 6 and not out.exists()
+    again = subprocess.run([sys.executable, *args(out)], capture_output=True, text=True, cwd=ROOT)
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert f"resuming after {done} finished prompts" in again.stderr
+    assert out.read_text() == whole.read_text() and not partial.exists()

@@ -177,8 +177,8 @@ def test_evaluate_cli_writes_table_json_png(tmp_path, tiny_chat_model):
     assert report["system"] == "Be careful." and report["judge"]["fluency_threshold"] == 20.0
     for method in ("actadd", "safesteer"):  # coefficients chosen on the validation prompts
         swept = report["methods"][method]["sweep"]
-        assert [r["coeff"] for r in swept["table"][1:]] == [-0.5, -1.0, -2.0, -3.0]
-        assert report["methods"][method]["coeff"] in (0.0, -0.5, -1.0, -2.0, -3.0)
+        assert [r["coeff"] for r in swept["table"][1:]] == [-0.25, -0.5, -1.0, -2.0]
+        assert report["methods"][method]["coeff"] in (0.0, -0.25, -0.5, -1.0, -2.0)
     rows = [json.loads(line) for line in (out / "responses.jsonl").read_text().splitlines()]
     assert len(rows) == (5 + 3) * 5  # prompts x methods
     for name, entry in report["sets"].items():
