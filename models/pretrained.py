@@ -176,14 +176,8 @@ def _forward(params, input_ids, attention_mask, intervention, *, config, dtype, 
                        mask, intervention, output_hidden_states, num_logits=num_logits)
 
 
-def forward(pre: Pretrained, input_ids, attention_mask=None, output_hidden_states: bool = False,
-            intervention: Optional[Intervention] = None, output_logits: bool = True) -> TransformerOutput:
-    """Full forward pass over a (left-padded) batch. int32 [B, T] in; logits [B, T, V] float32.
-
-    hidden_states[i] is the input of block i (after any intervention there); hidden_states[L] is
-    the final normed state, as in transformers. `intervention` must be a JAX pytree.
-    output_logits=False skips the LM head (logits None) when only hidden states are wanted.
-    """
+def _checked_batch(pre: Pretrained, input_ids, attention_mask):
+    """int32 [B, T] ids and mask (all ones when None), checked against each other and the model."""
     input_ids = jnp.asarray(input_ids, jnp.int32)
     if input_ids.ndim != 2:
         raise ValueError(f"input_ids must be [batch, length], got shape {input_ids.shape}")
@@ -196,13 +190,24 @@ def forward(pre: Pretrained, input_ids, attention_mask=None, output_hidden_state
     if input_ids.shape[1] > pre.config.max_position_embeddings:
         raise ValueError(f"prompt length {input_ids.shape[1]} exceeds max_position_embeddings="
                          f"{pre.config.max_position_embeddings}")
+    return input_ids, attention_mask
+
+
+def forward(pre: Pretrained, input_ids, attention_mask=None, output_hidden_states: bool = False,
+            intervention: Optional[Intervention] = None, output_logits: bool = True) -> TransformerOutput:
+    """Full forward pass over a (left-padded) batch. int32 [B, T] in; logits [B, T, V] float32.
+
+    hidden_states[i] is the input of block i (after any intervention there); hidden_states[L] is
+    the final normed state, as in transformers. `intervention` must be a JAX pytree.
+    output_logits=False skips the LM head (logits None) when only hidden states are wanted.
+    """
+    input_ids, attention_mask = _checked_batch(pre, input_ids, attention_mask)
     if intervention is not None and hasattr(intervention, "check_model"):
         intervention.check_model(pre.config)  # a clear error, not a Flax shape error
     out = _forward(pre.params, input_ids, attention_mask, intervention, config=pre.config,
                    dtype=pre.dtype, output_hidden_states=output_hidden_states,
                    num_logits=None if output_logits else 0)
     return out._replace(kv_cache=None)
-
 
 
 @functools.partial(jax.jit, static_argnames=("config", "dtype", "last"))
@@ -221,17 +226,7 @@ def next_token_logprobs(pre: Pretrained, input_ids, attention_mask=None,
 
     Left padding allowed (padded positions give meaningless values; mask them out).
     """
-    input_ids = jnp.asarray(input_ids, jnp.int32)
-    if input_ids.ndim != 2 or input_ids.shape[1] < 2:
-        raise ValueError(f"input_ids must be [batch, length >= 2], got shape {input_ids.shape}")
-    attention_mask = (jnp.ones_like(input_ids) if attention_mask is None
-                      else jnp.asarray(attention_mask, jnp.int32))
-    if attention_mask.shape != input_ids.shape:
-        raise ValueError(f"attention_mask shape {attention_mask.shape} != input_ids shape "
-                         f"{input_ids.shape}")
-    if input_ids.shape[1] > pre.config.max_position_embeddings:
-        raise ValueError(f"sequence length {input_ids.shape[1]} exceeds max_position_embeddings="
-                         f"{pre.config.max_position_embeddings}")
+    input_ids, attention_mask = _checked_batch(pre, input_ids, attention_mask)
     last = input_ids.shape[1] - 1 if last is None else int(last)
     if not 1 <= last < input_ids.shape[1]:
         raise ValueError(f"last={last}: expected 1 <= last < sequence length {input_ids.shape[1]}")
