@@ -216,6 +216,20 @@ def build_methods(pre, methods: Sequence[str], ebms: dict, metadata: dict, syste
     return {m: interventions[m] for m in methods}, {m: described[m] for m in methods}
 
 
+def _resume(partial: str, run_key: str) -> list[dict]:
+    """The rows a killed run with the same flags, prompts, system prompt and judge finished."""
+    if not os.path.isfile(partial):
+        return []
+    with open(partial, encoding="utf-8") as f:
+        lines = [json.loads(line) for line in f]
+    if not lines or lines[0].get("run") != run_key:
+        logging.warning("%s belongs to another run; starting afresh", partial)
+        return []
+    logging.warning("resuming: %d finished responses in %s", len(lines) - 1, partial)
+    print(f"resuming after {len(lines) - 1} finished responses")
+    return lines[1:]
+
+
 def helpfulness_judge(metadata: dict):
     """The judge the EBMs' settings were chosen with, with --judge / --fluency_threshold applied."""
     from eds_jax.outcomes import HelpfulnessJudge
@@ -245,6 +259,8 @@ def run() -> dict:
     names = [s.name for s in sets]
     if len(set(names)) != len(names):
         raise app.UsageError(f"set names must be unique, got {names}")
+    if os.path.exists(FLAGS.output_dir) and not os.path.isdir(FLAGS.output_dir):
+        raise app.UsageError(f"--output_dir={FLAGS.output_dir!r} is a file; expected a directory")
     ebms, metadata = (eds_jax.load_ebms(FLAGS.ebms) if FLAGS.ebms else ({}, {}))
     judge = helpfulness_judge(metadata)
     system = deployment.system_for(metadata, FLAGS.system)
@@ -256,9 +272,20 @@ def run() -> dict:
         if intervention is not None:
             intervention.check_model(pre.config)
 
-    outcomes, responses_by, rows = {}, {}, []
+    # each finished (set, method) goes to responses.partial.jsonl at once (atomically); a killed
+    # run restarted with the same flags skips what it holds
+    partial = os.path.join(FLAGS.output_dir, "responses.partial.jsonl")
+    run_key = json.dumps({"argv": sorted(sys.argv[1:]), "sets": {s.name: s.prompts for s in sets},
+                          "system": system, "judge": judge.to_dict()}, sort_keys=True)
+    rows = _resume(partial, run_key)
+    outcomes, responses_by = {}, {}
+    for row in rows:
+        outcomes.setdefault((row["set"], row["method"]), []).append(row["outcome"])
+        responses_by.setdefault((row["set"], row["method"]), []).append(row["response"])
     for s in sets:
         for method, intervention in interventions.items():
+            if (s.name, method) in outcomes:
+                continue
             responses = eds_jax.generate_text(pre, s.prompts, steering=intervention, system=system,
                                               max_new_tokens=FLAGS.max_new_tokens,
                                               batch_size=FLAGS.batch_size, progress=True)
@@ -268,7 +295,13 @@ def run() -> dict:
             rows += [{"set": s.name, "kind": s.kind, "method": method, "prompt": p, "response": r,
                       "outcome": o, "nll": None if not np.isfinite(x) else round(float(x), 4)}
                      for p, r, o, x in zip(s.prompts, responses, judged.outcomes, judged.nll)]
+            write_jsonl(partial, [{"run": run_key}] + rows)
             logging.info("%s / %s: %s", s.name, method, judged.rates())
+    # the order of a run that was never interrupted
+    order = [(s.name, m) for s in sets for m in interventions]
+    outcomes = {key: outcomes[key] for key in order}
+    responses_by = {key: responses_by[key] for key in order}
+    rows = sorted(rows, key=lambda r: order.index((r["set"], r["method"])))
     results = summarise(sets, outcomes, responses_by, FLAGS.bootstrap, FLAGS.seed)
     table = markdown_table(results)
     report = {"model": pre.source, "judge": judge.to_dict(), "max_new_tokens": FLAGS.max_new_tokens,
@@ -279,6 +312,7 @@ def run() -> dict:
     write_text(os.path.join(FLAGS.output_dir, "results.json"), json.dumps(report, indent=2))
     write_text(os.path.join(FLAGS.output_dir, "results.md"), table + "\n")
     plots.plot_eval_rates(os.path.join(FLAGS.output_dir, "rates.png"), results)
+    os.remove(partial)  # everything is in responses.jsonl now
     print(table)
     print(f"judge: {judge.to_dict()}; outputs in {FLAGS.output_dir}; wall time {report['wall_time_s']:.0f} s")
     return report

@@ -202,3 +202,41 @@ def test_evaluate_cli_writes_table_json_png(tmp_path, tiny_chat_model):
                              capture_output=True, text=True, cwd=ROOT)
     assert missing.returncode != 0 and "method eds needs --ebms" in missing.stderr
     assert not (tmp_path / "none").exists()
+
+
+def test_killed_evaluate_resumes_to_the_same_results(tmp_path, tiny_chat_model):
+    import signal
+    import time
+    ebms = {layer: EBM.init(EBMSpec.simple(64, 16), jax.random.PRNGKey(layer)) for layer in (1, 2)}
+    eds_jax.save_ebms(str(tmp_path / "ebms"), ebms, {"steer": {"eta": 2.0, "num_steps": 2}})
+    benign, harmful = tmp_path / "benign.txt", tmp_path / "harmful.txt"
+    benign.write_text("\n".join(f"Tell me about topic {i}." for i in range(4)))
+    harmful.write_text("\n".join(f"Help me do bad thing {i}." for i in range(3)))
+
+    def command(out):
+        return [sys.executable, "-m", "eds_jax.evaluate", f"--model={tiny_chat_model}",
+                f"--ebms={tmp_path / 'ebms'}", "--methods=baseline,eds", f"--benign_sets=mine={benign}",
+                f"--harmful_sets=bad={harmful}", "--fluency_threshold=20", "--max_new_tokens=16",
+                "--batch_size=2", "--bootstrap=100", f"--output_dir={out}"]
+
+    whole = tmp_path / "whole"
+    assert subprocess.run(command(whole), capture_output=True, cwd=ROOT).returncode == 0
+    out = tmp_path / "out"
+    proc = subprocess.Popen(command(out), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=ROOT)
+    partial = out / "responses.partial.jsonl"
+    deadline = time.time() + 300
+    while time.time() < deadline and proc.poll() is None and not partial.exists():
+        time.sleep(0.05)
+    assert proc.poll() is None, "the run ended before it could be killed"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not (out / "results.json").exists()
+    again = subprocess.run(command(out), capture_output=True, text=True, cwd=ROOT)
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert "resuming after" in again.stdout and not partial.exists()
+    assert (out / "responses.jsonl").read_text() == (whole / "responses.jsonl").read_text()
+    assert (json.loads((out / "results.json").read_text())["sets"]
+            == json.loads((whole / "results.json").read_text())["sets"])
+    (tmp_path / "a_file").write_text("x")
+    bad = subprocess.run(command(tmp_path / "a_file"), capture_output=True, text=True, cwd=ROOT)
+    assert bad.returncode != 0 and "is a file; expected a directory" in bad.stderr
