@@ -19,8 +19,11 @@ from ml_collections import config_flags
 ROOT = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, ROOT)
 
-config_flags.DEFINE_config_file("config", os.path.join(ROOT, "configs", "smollm2_135m.py"),
-                                "ml_collections config file (configs/*.py)")
+DEFAULT_CONFIG = os.path.join(ROOT, "configs", "smollm2_135m.py")
+if __name__ == "__main__":  # before DEFINE_config_file, which applies the overrides at once
+    from eds_jax.cli import check_config_overrides
+    check_config_overrides(sys.argv, DEFAULT_CONFIG)
+config_flags.DEFINE_config_file("config", DEFAULT_CONFIG, "ml_collections config file (configs/*.py)")
 flags.DEFINE_string("workdir", "workdir", "output directory")
 FLAGS = flags.FLAGS
 

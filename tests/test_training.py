@@ -141,7 +141,12 @@ def test_train_ebm_end_to_end_then_steer_decode(tmp_path, tiny_chat_model):
 def test_train_ebm_bad_input(tmp_path, tiny_chat_model):
     base = ["--config=configs/tiny.py", f"--config.model.source={tiny_chat_model}"]
     unknown = run_script("train_ebm.py", *base, "--config.train.no_such_field=1", f"--workdir={tmp_path / 'a'}")
-    assert unknown.returncode != 0 and "no_such_field" in unknown.stderr
+    assert unknown.returncode != 0 and "Traceback" not in unknown.stderr
+    assert "config.train has no field 'no_such_field'; its fields are ['batch_size'," in unknown.stderr
+    source = run_script("train_ebm.py", *base, "--config.data.benign.nosuch.limit=3", f"--workdir={tmp_path / 'a'}")
+    assert source.returncode != 0 and "Traceback" not in source.stderr
+    assert "config.data.benign has no field 'nosuch'; its fields are ['prompts']" in source.stderr
+    assert not (tmp_path / "a").exists()
     empty = tmp_path / "empty.jsonl"
     empty.write_text("\n")
     proc = run_script("train_ebm.py", *base, f"--workdir={tmp_path / 'b'}",
