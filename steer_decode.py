@@ -87,19 +87,6 @@ def _mean(values):
     return None if values.size == 0 or np.isnan(values).all() else float(np.nanmean(values))
 
 
-def _resume(partial, run_key) -> list[dict]:
-    """The rows a killed run with the same flags and prompts finished, or none."""
-    if not partial or not os.path.isfile(partial):
-        return []
-    with open(partial, encoding="utf-8") as f:
-        lines = [json.loads(line) for line in f]
-    if not lines or lines[0].get("run") != run_key:
-        logging.warning("%s belongs to another run; starting afresh", partial)
-        return []
-    logging.warning("resuming after %d finished prompts from %s", len(lines) - 1, partial)
-    return lines[1:]
-
-
 def decode_rows(pre, prompts, steering, system, options, offset: int) -> list[dict]:
     """Baseline and (when steering) steered responses, energies and layers for `prompts`."""
     import numpy as np
@@ -180,7 +167,7 @@ def run() -> list[dict]:
     import models
     import eds_jax
     from eds_jax import deployment
-    from eds_jax.data import load_prompts, write_jsonl
+    from eds_jax.data import load_prompts, read_partial, write_jsonl, write_partial
 
     check_flags()
     prompts = [FLAGS.prompt] if FLAGS.prompt is not None else load_prompts(
@@ -203,13 +190,15 @@ def run() -> list[dict]:
     partial = f"{FLAGS.output}.partial" if FLAGS.output else None
     run_key = json.dumps({"argv": sorted(a for a in sys.argv[1:]), "prompts": prompts,
                           "system": system}, sort_keys=True)
-    rows = _resume(partial, run_key)
+    rows = read_partial(partial, run_key)
+    if rows:
+        logging.warning("resuming after %d finished prompts from %s", len(rows), partial)
     for start in range(len(rows), len(prompts), FLAGS.batch_size):
         chunk = prompts[start:start + FLAGS.batch_size]
         options["seed"] = FLAGS.seed + start
         rows += decode_rows(pre, chunk, steering, system, options, start)
         if partial:
-            write_jsonl(partial, [{"run": run_key}] + rows)
+            write_partial(partial, run_key, rows)
     if FLAGS.output:
         write_jsonl(FLAGS.output, rows)
         if os.path.exists(partial):  # the whole output is written: the partial file is done

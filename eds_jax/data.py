@@ -63,6 +63,23 @@ def write_jsonl(path: str, rows) -> None:
     write_text(path, "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows))
 
 
+def write_partial(path: str, run_key: str, rows) -> None:
+    """A killed run's finished rows: the run's key on the first line, then the rows (atomically)."""
+    write_jsonl(path, [{"run": run_key}] + list(rows))
+
+
+def read_partial(path, run_key: str) -> list[dict]:
+    """The rows `write_partial` kept for the run `run_key`; none when the file is missing or
+    belongs to another run (then it is overwritten as the new run goes)."""
+    if not path or not os.path.isfile(path):
+        return []
+    with open(path, encoding="utf-8") as f:
+        lines = [json.loads(line) for line in f if line.strip()]
+    if not lines or lines[0].get("run") != run_key:
+        return []
+    return lines[1:]
+
+
 def _rows(path: str, field: Optional[str]):
     """Yield (row, where) for each prompt row of `path`: a string or a dict of fields."""
     if not os.path.isfile(path):

@@ -216,20 +216,6 @@ def build_methods(pre, methods: Sequence[str], ebms: dict, metadata: dict, syste
     return {m: interventions[m] for m in methods}, {m: described[m] for m in methods}
 
 
-def _resume(partial: str, run_key: str) -> list[dict]:
-    """The rows a killed run with the same flags, prompts, system prompt and judge finished."""
-    if not os.path.isfile(partial):
-        return []
-    with open(partial, encoding="utf-8") as f:
-        lines = [json.loads(line) for line in f]
-    if not lines or lines[0].get("run") != run_key:
-        logging.warning("%s belongs to another run; starting afresh", partial)
-        return []
-    logging.warning("resuming: %d finished responses in %s", len(lines) - 1, partial)
-    print(f"resuming after {len(lines) - 1} finished responses")
-    return lines[1:]
-
-
 def helpfulness_judge(metadata: dict):
     """The judge the EBMs' settings were chosen with, with --judge / --fluency_threshold applied."""
     from eds_jax.outcomes import HelpfulnessJudge
@@ -248,7 +234,7 @@ def run() -> dict:
     import models
     import eds_jax
     from eds_jax import deployment, plots
-    from eds_jax.data import write_jsonl, write_text
+    from eds_jax.data import read_partial, write_jsonl, write_partial, write_text
     from eds_jax.metrics import markdown_table, summarise
 
     start = time.time()
@@ -277,7 +263,9 @@ def run() -> dict:
     partial = os.path.join(FLAGS.output_dir, "responses.partial.jsonl")
     run_key = json.dumps({"argv": sorted(sys.argv[1:]), "sets": {s.name: s.prompts for s in sets},
                           "system": system, "judge": judge.to_dict()}, sort_keys=True)
-    rows = _resume(partial, run_key)
+    rows = read_partial(partial, run_key)
+    if rows:
+        print(f"resuming after {len(rows)} finished responses in {partial}")
     outcomes, responses_by = {}, {}
     for row in rows:
         outcomes.setdefault((row["set"], row["method"]), []).append(row["outcome"])
@@ -295,7 +283,7 @@ def run() -> dict:
             rows += [{"set": s.name, "kind": s.kind, "method": method, "prompt": p, "response": r,
                       "outcome": o, "nll": None if not np.isfinite(x) else round(float(x), 4)}
                      for p, r, o, x in zip(s.prompts, responses, judged.outcomes, judged.nll)]
-            write_jsonl(partial, [{"run": run_key}] + rows)
+            write_partial(partial, run_key, rows)
             logging.info("%s / %s: %s", s.name, method, judged.rates())
     # the order of a run that was never interrupted
     order = [(s.name, m) for s in sets for m in interventions]
