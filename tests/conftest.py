@@ -91,3 +91,17 @@ def tiny_chat_model(tmp_path_factory, smollm2):
     make_checkpoint(directory, vocab_size=smollm2.config.vocab_size, eos_token_id=2, pad_token_id=2)
     smollm2.tokenizer.save_pretrained(directory)
     return directory
+
+
+def kill_once_written(command, path, timeout=300):
+    """Start `command` (from the project root), SIGKILL it as soon as `path` exists, and wait."""
+    import signal
+    import subprocess
+    import time
+    proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=ROOT)
+    deadline = time.time() + timeout
+    while time.time() < deadline and proc.poll() is None and not os.path.exists(path):
+        time.sleep(0.05)
+    assert proc.poll() is None, "the run ended before it could be killed"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()

@@ -12,7 +12,7 @@ import eds_jax
 from eds_jax import EBM, EBMSpec
 from eds_jax.data import PromptFileError, load_prompts
 from eds_jax.torch_reference import TorchSimpleEBM
-from conftest import ROOT, SHARED_DATA
+from conftest import ROOT, kill_once_written, SHARED_DATA
 
 
 def run_cli(*args):
@@ -109,8 +109,6 @@ def test_steer_decode_rejects_bad_flags_before_loading_the_model(tmp_path):
 def test_killed_steer_decode_resumes_to_the_same_output(tmp_path, tiny_chat_model):
     """Finished batches are kept in OUTPUT.partial; a run killed with SIGKILL and restarted with the
     same flags ends with the same file as an uninterrupted run."""
-    import signal
-    import time
     ebms = {layer: EBM.init(EBMSpec.simple(64, 16), jax.random.PRNGKey(layer)) for layer in (1, 2)}
     eds_jax.save_ebms(str(tmp_path / "ebms"), ebms, {"steer": {"eta": 2.0, "num_steps": 2}})
     prompts = tmp_path / "prompts.txt"
@@ -123,15 +121,8 @@ def test_killed_steer_decode_resumes_to_the_same_output(tmp_path, tiny_chat_mode
     whole = tmp_path / "whole.jsonl"
     assert subprocess.run([sys.executable, *args(whole)], capture_output=True, cwd=ROOT).returncode == 0
     out = tmp_path / "out.jsonl"
-    proc = subprocess.Popen([sys.executable, *args(out)], stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL, cwd=ROOT)
     partial = tmp_path / "out.jsonl.partial"
-    deadline = time.time() + 300
-    while time.time() < deadline and proc.poll() is None and not partial.exists():
-        time.sleep(0.05)
-    assert proc.poll() is None, "the run ended before it could be killed"
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
+    kill_once_written([sys.executable, *args(out)], partial)
     done = len(partial.read_text().splitlines()) - 1  # the first line names the run
     assert 2 <= done < 6 and not out.exists()
     again = subprocess.run([sys.executable, *args(out)], capture_output=True, text=True, cwd=ROOT)

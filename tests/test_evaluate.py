@@ -13,7 +13,7 @@ import eds_jax
 import models
 from eds_jax import EBM, EBMSpec, vectors
 from eds_jax.metrics import markdown_table, paired_delta, rate_interval, summarise
-from conftest import ROOT, left_padded_batch, make_checkpoint
+from conftest import ROOT, kill_once_written, left_padded_batch, make_checkpoint
 
 
 def test_rate_interval_on_hand_made_outcomes():
@@ -205,8 +205,6 @@ def test_evaluate_cli_writes_table_json_png(tmp_path, tiny_chat_model):
 
 
 def test_killed_evaluate_resumes_to_the_same_results(tmp_path, tiny_chat_model):
-    import signal
-    import time
     ebms = {layer: EBM.init(EBMSpec.simple(64, 16), jax.random.PRNGKey(layer)) for layer in (1, 2)}
     eds_jax.save_ebms(str(tmp_path / "ebms"), ebms, {"steer": {"eta": 2.0, "num_steps": 2}})
     benign, harmful = tmp_path / "benign.txt", tmp_path / "harmful.txt"
@@ -222,14 +220,8 @@ def test_killed_evaluate_resumes_to_the_same_results(tmp_path, tiny_chat_model):
     whole = tmp_path / "whole"
     assert subprocess.run(command(whole), capture_output=True, cwd=ROOT).returncode == 0
     out = tmp_path / "out"
-    proc = subprocess.Popen(command(out), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=ROOT)
     partial = out / "responses.partial.jsonl"
-    deadline = time.time() + 300
-    while time.time() < deadline and proc.poll() is None and not partial.exists():
-        time.sleep(0.05)
-    assert proc.poll() is None, "the run ended before it could be killed"
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
+    kill_once_written(command(out), partial)
     assert not (out / "results.json").exists()
     again = subprocess.run(command(out), capture_output=True, text=True, cwd=ROOT)
     assert again.returncode == 0, again.stderr[-2000:]
