@@ -70,10 +70,12 @@ def read_sources(sources, seed: int) -> list[str]:
 
 
 def last_token_activations(pre, prompts: Sequence[str], system: Optional[str], batch_size: int,
-                           progress: bool = True, batch_sharding=None) -> np.ndarray:
+                           progress: bool = True, batch_sharding=None,
+                           reuse_prefix: bool = True) -> np.ndarray:
     """[N, L, D] float32: the input of every block at the last prompt token, one forward per batch.
 
     With `batch_sharding`, each batch's rows are split over the mesh's data axis (and processes).
+    `reuse_prefix`: a prompt prefix shared by a batch (the system turn) runs once, not per row.
     """
     import jax.numpy as jnp
     import models
@@ -82,13 +84,19 @@ def last_token_activations(pre, prompts: Sequence[str], system: Optional[str], b
     for index, (ids, mask) in enumerate(chat_batches(pre, prompts, system, batch_size, "activations",
                                                      progress)):
         rows = ids.shape[0]
-        # one compile per length bucket; a short last batch reuses the full batches' compile
-        ids, mask = pad_to_bucket(ids, mask, pre.pad_token_id, bucket_length(ids.shape[1]))
-        if index > 0:
+        if index > 0:  # a short last batch reuses the full batches' compile
             ids, mask = pad_rows((ids, mask), batch_size)
+        split = models.split_shared_prefix(ids, mask) if reuse_prefix else None
+        prefix = None
+        if split is not None:
+            prefix_ids, ids, mask = split
+            prefix = models.prefill_prefix(pre, prefix_ids)
+        # one compile per length bucket
+        ids, mask = pad_to_bucket(ids, mask, pre.pad_token_id, bucket_length(ids.shape[1]))
         if batch_sharding is not None:
             ids, mask = shard_rows((ids, mask), batch_sharding)
-        out = models.forward(pre, ids, mask, output_hidden_states=True, output_logits=False)
+        out = models.forward(pre, ids, mask, output_hidden_states=True, output_logits=False,
+                             prefix=prefix)
         last = jnp.stack([h[:, -1] for h in out.hidden_states[:pre.config.num_layers]], axis=1)
         chunks.append(gather_rows(last.astype(jnp.float32))[:rows])
     return np.concatenate(chunks)

@@ -1,9 +1,11 @@
-"""The one decode loop: prefill, then a jitted `lax.scan` over new tokens, with optional steering.
+"""The one decode loop: prefill, then a jitted `lax.while_loop` over new tokens, with optional steering.
 
 Plain and steered generation share this loop; steering is only the intervention handed to the
-forward pass: EDS (`Steering`) or a steering-vector baseline (`vectors.VectorSteering`). Shapes are static: prompts are left-padded to a length bucket, the KV cache holds
-bucket + max_new_tokens slots, and rows that reached EOS keep running with frozen positions and
-emit the pad id.
+forward pass: EDS (`Steering`) or a steering-vector baseline (`vectors.VectorSteering`).
+Shapes are static: prompts are left-padded to a length bucket, the KV cache holds
+bucket + max_new_tokens slots (after a shared prefix's slots, when the rows share one: see
+`models.prefix_cache`), rows that reached EOS keep running with frozen positions and emit the pad
+id, and the loop stops early once every row has ended.
 """
 from __future__ import annotations
 
@@ -14,15 +16,15 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from models.pretrained import Pretrained, apply_model, prompt_positions, resolve_dtype
+from models.prefix_cache import SharedPrefix, bucket_length, cache_after_prefix, split_shared_prefix
+from models.pretrained import (Pretrained, apply_model, prefill_prefix, prefix_intervention,
+                               prompt_positions, resolve_dtype)
 from models.sharding import gather_rows, pad_rows, shard_rows
-from models.transformer import init_kv_cache
 from eds_jax.steering import Steering
 from eds_jax.vectors import VectorSteering
 
 SteeringLike = Union[Steering, VectorSteering]  # anything with layers, check_model, at_call, __call__
 
-MIN_BUCKET = 32
 
 
 class GenerationOutput(NamedTuple):
@@ -38,14 +40,6 @@ class _DecodeState(NamedTuple):
     token: jax.Array  # [B] last emitted token
     position: jax.Array  # [B] RoPE position of `token`
     done: jax.Array  # [B] EOS already emitted
-
-
-def bucket_length(length: int, minimum: int = MIN_BUCKET) -> int:
-    """Prompt lengths are padded up to a power of two (at least `minimum`): one compile per bucket."""
-    bucket = minimum
-    while bucket < length:
-        bucket *= 2
-    return bucket
 
 
 def pad_to_bucket(ids: np.ndarray, mask: np.ndarray, pad_id: int, length: int):
@@ -92,15 +86,24 @@ def _energies(aux) -> Optional[jax.Array]:
     return jnp.stack(aux, axis=-2) if aux and aux[0] is not None else None
 
 
+class _Buffers(NamedTuple):
+    """Per-step outputs, written in place as the loop runs; untouched steps keep their fill."""
+    tokens: jax.Array  # int32 [B, N], pad id
+    done_before: jax.Array  # bool [B, N], True: the row had ended before this step
+    energies: Optional[jax.Array]  # float32 [B, N, n_layers, 2], NaN
+
+
 @functools.partial(jax.jit, static_argnames=("config", "dtype", "max_new_tokens", "eos_ids",
                                              "pad_id", "sample"))
 def _generate(params, input_ids, attention_mask, steering: Optional[SteeringLike], rng, temperature,
-              top_p, *, config, dtype, max_new_tokens: int, eos_ids: tuple, pad_id: int,
-              sample: bool) -> GenerationOutput:
+              top_p, prefix: Optional[SharedPrefix] = None, *, config, dtype, max_new_tokens: int,
+              eos_ids: tuple, pad_id: int, sample: bool) -> GenerationOutput:
     batch, prompt_len = input_ids.shape
-    cache_len = prompt_len + max_new_tokens
-    prompt_mask = attention_mask.astype(bool)
-    kv_mask = jnp.zeros((batch, cache_len), bool).at[:, :prompt_len].set(prompt_mask)
+    # cache: [shared prefix slots, if any | prompt | new tokens]
+    cache, kv_mask = cache_after_prefix(prefix, config, batch, prompt_len + max_new_tokens,
+                                        resolve_dtype(dtype))
+    start = 0 if prefix is None else prefix.slots
+    kv_mask = kv_mask.at[:, start:start + prompt_len].set(attention_mask.astype(bool))
     eos = jnp.asarray(eos_ids, jnp.int32)
 
     def call_model(ids, positions, cache, index, mask, call_index):
@@ -108,35 +111,45 @@ def _generate(params, input_ids, attention_mask, steering: Optional[SteeringLike
         return apply_model(config, dtype, params, ids, positions, cache, index, mask,
                            intervention=intervention, last_logits_only=True)
 
-    positions = prompt_positions(attention_mask)
-    cache = init_kv_cache(config, batch, cache_len, resolve_dtype(dtype))
-    out = call_model(input_ids, positions, cache, 0, kv_mask, 0)
+    positions = prompt_positions(attention_mask) + (0 if prefix is None else prefix.length)
+    out = call_model(input_ids, positions, cache, start, kv_mask, 0)
     first = _choose(out.logits[:, -1], jax.random.fold_in(rng, 0), temperature, top_p, sample)
     state = _DecodeState(out.kv_cache, kv_mask, first, positions[:, -1] + 1, jnp.isin(first, eos))
     first_energy = _energies(out.intervention_aux)
+    buffers = _Buffers(
+        tokens=jnp.full((batch, max_new_tokens), pad_id, jnp.int32).at[:, 0].set(first),
+        done_before=jnp.ones((batch, max_new_tokens), bool).at[:, 0].set(False),
+        energies=None if first_energy is None else jnp.full(
+            (batch, max_new_tokens) + first_energy.shape[1:], jnp.nan, jnp.float32
+        ).at[:, 0].set(first_energy))
 
-    def step(state: _DecodeState, t):
-        slot = prompt_len + t - 1  # where the previous token's keys go
+    def step(carry):
+        t, state, buffers = carry
+        slot = start + prompt_len + t - 1  # where the previous token's keys go
         kv_mask = state.kv_mask.at[:, slot].set(~state.done)
         out = call_model(state.token[:, None], state.position[:, None], state.kv_cache, slot,
                          kv_mask, t)
         token = _choose(out.logits[:, -1], jax.random.fold_in(rng, t), temperature, top_p, sample)
         token = jnp.where(state.done, pad_id, token)
+        energy = _energies(out.intervention_aux)
+        buffers = _Buffers(
+            buffers.tokens.at[:, t].set(token), buffers.done_before.at[:, t].set(state.done),
+            None if energy is None else buffers.energies.at[:, t].set(
+                jnp.where(state.done[:, None, None], jnp.nan, energy)))
         new_state = _DecodeState(out.kv_cache, kv_mask, token,
                                  jnp.where(state.done, state.position, state.position + 1),
                                  state.done | jnp.isin(token, eos))
-        return new_state, (token, state.done, _energies(out.intervention_aux))
+        return t + 1, new_state, buffers
 
-    _, (tokens, done_before, energies) = jax.lax.scan(step, state, jnp.arange(1, max_new_tokens))
-    tokens = jnp.concatenate([first[None], tokens], axis=0).T  # [B, N]
-    done_before = jnp.concatenate([jnp.zeros((1, batch), bool), done_before], axis=0).T
-    lengths = jnp.sum(~done_before, axis=-1).astype(jnp.int32)
-    if first_energy is None:
-        return GenerationOutput(tokens, lengths, None, None)
-    energies = jnp.concatenate([first_energy[None], energies], axis=0).transpose(1, 0, 2, 3)
-    energies = jnp.where(done_before[..., None, None], jnp.nan, energies)
-    after = energies[..., 1] if steering.record_energy_after else None
-    return GenerationOutput(tokens, lengths, energies[..., 0], after)
+    # early exit: stop once every row has emitted EOS; the steps not run keep their fill (pad id,
+    # "ended", NaN), which is what they would have produced
+    keep_going = lambda carry: (carry[0] < max_new_tokens) & ~jnp.all(carry[1].done)
+    _, _, buffers = jax.lax.while_loop(keep_going, step, (jnp.int32(1), state, buffers))
+    lengths = jnp.sum(~buffers.done_before, axis=-1).astype(jnp.int32)
+    if buffers.energies is None:
+        return GenerationOutput(buffers.tokens, lengths, None, None)
+    after = buffers.energies[..., 1] if steering.record_energy_after else None
+    return GenerationOutput(buffers.tokens, lengths, buffers.energies[..., 0], after)
 
 
 def _check_left_padded(mask: np.ndarray) -> None:
@@ -153,7 +166,8 @@ def _check_left_padded(mask: np.ndarray) -> None:
 def steered_generate(pre: Pretrained, input_ids, attention_mask=None,
                      steering: Optional[SteeringLike] = None, max_new_tokens: int = 64,
                      temperature: float = 0.0, top_p: float = 1.0, seed: int = 0,
-                     max_cache_length: Optional[int] = None, batch_sharding=None) -> GenerationOutput:
+                     max_cache_length: Optional[int] = None, batch_sharding=None,
+                     reuse_prefix: bool = True) -> GenerationOutput:
     """Generate `max_new_tokens` tokens for a left-padded batch, steering when `steering` is set.
 
     temperature 0 is greedy; otherwise temperature/top-p sampling with a fresh key per step.
@@ -161,6 +175,8 @@ def steered_generate(pre: Pretrained, input_ids, attention_mask=None,
     `batch_sharding` (e.g. `models.sharding.batch_sharding(mesh)`) splits the rows over the mesh's
     data axis: every process passes the same whole batch, places only its own rows, and gets the
     whole output back.
+    `reuse_prefix`: when the rows share a prompt prefix (a system prompt), its keys and values are
+    computed once and only each row's suffix is prefilled; the tokens are those of a full prefill.
     """
     ids = np.asarray(input_ids)
     if ids.ndim != 2 or not np.issubdtype(ids.dtype, np.integer):
@@ -188,15 +204,26 @@ def steered_generate(pre: Pretrained, input_ids, attention_mask=None,
         if per_row is not None and per_row != ids.shape[0]:
             raise ValueError(f"steering has per-row settings for {per_row} rows, but the batch has "
                              f"{ids.shape[0]}")
+    prefix_ids, prefix = None, None
+    reusable, over_prefix = prefix_intervention(steering)
+    split = split_shared_prefix(ids, mask) if reuse_prefix and reusable else None
+    if split is not None and (bucket_length(len(split[0])) + bucket_length(split[1].shape[1])
+                              + max_new_tokens <= capacity):
+        prefix_ids, ids, mask = split
+    slots = 0 if prefix_ids is None else bucket_length(len(prefix_ids))
     ids, mask = pad_to_bucket(ids, mask, pre.pad_token_id,
-                              min(bucket_length(ids.shape[1]), capacity - max_new_tokens))
+                              min(bucket_length(ids.shape[1]), capacity - max_new_tokens - slots))
     rows = ids.shape[0]
     if batch_sharding is not None:
         ids, mask = shard_rows((ids, mask), batch_sharding)
         if steering is not None and ids.shape[0] > rows:  # padded rows repeat the last row's settings
             steering = steering.take_rows(np.minimum(np.arange(ids.shape[0]), rows - 1))
+    if prefix_ids is not None:
+        per_row = over_prefix is not None and steering.batch_rows is not None
+        prefix = prefill_prefix(pre, prefix_ids, steering if over_prefix is not None else None,
+                                rows=ids.shape[0] if per_row else 1)
     out = _generate(pre.params, ids, mask, steering, jax.random.PRNGKey(seed),
-                    jnp.float32(max(temperature, 1e-6)), jnp.float32(top_p), config=config,
+                    jnp.float32(max(temperature, 1e-6)), jnp.float32(top_p), prefix, config=config,
                     dtype=pre.dtype, max_new_tokens=int(max_new_tokens),
                     eos_ids=pre.eos_token_ids, pad_id=pre.pad_token_id, sample=temperature > 0)
     if batch_sharding is None:
@@ -221,12 +248,14 @@ def chat_prompts(tokenizer, prompts: Sequence[str], system: Optional[str] = None
 def generate_text(pre: Pretrained, prompts: Sequence[str], steering: Optional[SteeringLike] = None,
                   system: Optional[str] = None, max_new_tokens: int = 64, batch_size: int = 16,
                   temperature: float = 0.0, top_p: float = 1.0, seed: int = 0,
-                  return_outputs: bool = False, progress: bool = False, batch_sharding=None):
+                  return_outputs: bool = False, progress: bool = False, batch_sharding=None,
+                  reuse_prefix: bool = True):
     """Chat-template, left-pad and batch `prompts`; return the decoded new text of each.
 
     With return_outputs=True, also return the per-batch `GenerationOutput`s. `batch_sharding`
     (see `steered_generate`) splits each batch's rows over devices and processes. A steering with
-    per-row settings (e.g. `Steering(eta=array)`) holds one setting per prompt.
+    per-row settings (e.g. `Steering(eta=array)`) holds one setting per prompt. `reuse_prefix`:
+    see `steered_generate` (a system prompt is prefilled once per batch, not once per row).
     """
     per_row = steering.batch_rows if steering is not None else None
     if per_row is not None and per_row != len(prompts):
@@ -245,7 +274,7 @@ def generate_text(pre: Pretrained, prompts: Sequence[str], steering: Optional[St
                 index * batch_size + np.minimum(np.arange(ids.shape[0]), rows - 1))
         out = steered_generate(pre, ids, mask, steering=batch_steering, max_new_tokens=max_new_tokens,
                                temperature=temperature, top_p=top_p, seed=seed + index * batch_size,
-                               batch_sharding=batch_sharding)
+                               batch_sharding=batch_sharding, reuse_prefix=reuse_prefix)
         out = jax.tree_util.tree_map(lambda a: a[:rows], out)
         tokens, lengths = np.asarray(out.tokens), np.asarray(out.lengths)
         responses += [pre.tokenizer.decode(row[:n], skip_special_tokens=True)

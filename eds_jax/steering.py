@@ -142,6 +142,11 @@ class Steering:
         taken.etas = {layer: take_per_row(eta, rows) for layer, eta in self.etas.items()}
         return taken
 
+    def prefix_intervention(self) -> None:
+        """Nothing over a shared prompt prefix: EDS moves only the newest position (the last
+        prompt token at prefill), which is never in the prefix."""
+        return None
+
     def at_call(self, call_index) -> "Steering":
         """The same steering with a dropout key unique to this forward call."""
         if not self.dropout_at_inference:

@@ -122,6 +122,10 @@ class VectorSteering:
         taken.coeff = take_per_row(self.coeff, rows)
         return taken
 
+    def prefix_intervention(self) -> "VectorSteering":
+        """Itself: a vector acts on every position, so a shared prefix's keys are computed under it."""
+        return self
+
     def at_call(self, call_index) -> "VectorSteering":
         return self
 

@@ -14,7 +14,8 @@ import numpy as np
 
 from models.checkpoint import CheckpointError, fill_params, iter_safetensors
 from models.config import ModelConfig, from_hf_config
-from models.transformer import CausalLM, Intervention, TransformerOutput, init_kv_cache
+from models.prefix_cache import SharedPrefix, bucket_length, cache_after_prefix
+from models.transformer import CausalLM, Intervention, TransformerOutput
 
 _DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
 
@@ -167,13 +168,51 @@ def apply_model(config: ModelConfig, dtype: str, params, input_ids, positions, k
 
 
 @functools.partial(jax.jit, static_argnames=("config", "dtype", "output_hidden_states", "num_logits"))
-def _forward(params, input_ids, attention_mask, intervention, *, config, dtype, output_hidden_states,
-             num_logits=None):
+def _forward(params, input_ids, attention_mask, intervention, prefix=None, *, config, dtype,
+             output_hidden_states, num_logits=None):
     batch, length = input_ids.shape
-    mask = attention_mask.astype(bool)
-    cache = init_kv_cache(config, batch, length, resolve_dtype(dtype))
-    return apply_model(config, dtype, params, input_ids, prompt_positions(attention_mask), cache, 0,
-                       mask, intervention, output_hidden_states, num_logits=num_logits)
+    cache, kv_mask = cache_after_prefix(prefix, config, batch, length, resolve_dtype(dtype))
+    start = 0 if prefix is None else prefix.slots
+    kv_mask = kv_mask.at[:, start:].set(attention_mask.astype(bool))
+    positions = prompt_positions(attention_mask) + (0 if prefix is None else prefix.length)
+    return apply_model(config, dtype, params, input_ids, positions, cache, start, kv_mask,
+                       intervention, output_hidden_states, num_logits=num_logits)
+
+
+def prefix_intervention(intervention: Optional[Intervention]):
+    """(reusable, what to apply over a shared prefix): an intervention that acts only on the newest
+    position (EDS) leaves the prefix alone; one that acts on every position (the vector baselines)
+    shapes the prefix's keys too. One that does not say (no `prefix_intervention`) gets no reuse."""
+    if intervention is None:
+        return True, None
+    if not hasattr(intervention, "prefix_intervention"):
+        return False, None
+    return True, intervention.prefix_intervention()
+
+
+@functools.partial(jax.jit, static_argnames=("config", "dtype"))
+def _prefill_prefix(params, ids, mask, intervention, *, config, dtype) -> SharedPrefix:
+    rows, slots = ids.shape
+    cache, _ = cache_after_prefix(None, config, rows, slots, resolve_dtype(dtype))
+    out = apply_model(config, dtype, params, ids, prompt_positions(mask), cache, 0, mask.astype(bool),
+                      intervention, num_logits=0)
+    return SharedPrefix(out.kv_cache, mask.astype(bool), jnp.sum(mask[0]).astype(jnp.int32))
+
+
+def prefill_prefix(pre: Pretrained, prefix_ids, intervention: Optional[Intervention] = None,
+                   rows: int = 1) -> SharedPrefix:
+    """The keys and values of `prefix_ids` [P] (left-padded to a length bucket: one compile per
+    bucket), for `rows` rows. `intervention` applies over the prefix (see `prefix_intervention`);
+    give rows = B when it has one setting per batch row."""
+    prefix_ids = np.asarray(prefix_ids, np.int32)
+    if prefix_ids.ndim != 1 or not prefix_ids.size:
+        raise ValueError(f"prefix_ids must be a non-empty 1-D token array, got shape {prefix_ids.shape}")
+    slots = bucket_length(prefix_ids.size)
+    ids = np.full((rows, slots), pre.pad_token_id, np.int32)
+    ids[:, slots - prefix_ids.size:] = prefix_ids
+    mask = np.zeros((rows, slots), np.int32)
+    mask[:, slots - prefix_ids.size:] = 1
+    return _prefill_prefix(pre.params, ids, mask, intervention, config=pre.config, dtype=pre.dtype)
 
 
 def _checked_batch(pre: Pretrained, input_ids, attention_mask):
@@ -194,17 +233,20 @@ def _checked_batch(pre: Pretrained, input_ids, attention_mask):
 
 
 def forward(pre: Pretrained, input_ids, attention_mask=None, output_hidden_states: bool = False,
-            intervention: Optional[Intervention] = None, output_logits: bool = True) -> TransformerOutput:
+            intervention: Optional[Intervention] = None, output_logits: bool = True,
+            prefix: Optional[SharedPrefix] = None) -> TransformerOutput:
     """Full forward pass over a (left-padded) batch. int32 [B, T] in; logits [B, T, V] float32.
 
     hidden_states[i] is the input of block i (after any intervention there); hidden_states[L] is
     the final normed state, as in transformers. `intervention` must be a JAX pytree.
     output_logits=False skips the LM head (logits None) when only hidden states are wanted.
+    `prefix` (from `prefill_prefix`): the batch continues that shared prefix, whose keys are
+    reused; the outputs cover the batch's own T positions only.
     """
     input_ids, attention_mask = _checked_batch(pre, input_ids, attention_mask)
     if intervention is not None and hasattr(intervention, "check_model"):
         intervention.check_model(pre.config)  # a clear error, not a Flax shape error
-    out = _forward(pre.params, input_ids, attention_mask, intervention, config=pre.config,
+    out = _forward(pre.params, input_ids, attention_mask, intervention, prefix, config=pre.config,
                    dtype=pre.dtype, output_hidden_states=output_hidden_states,
                    num_logits=None if output_logits else 0)
     return out._replace(kv_cache=None)
@@ -212,7 +254,7 @@ def forward(pre: Pretrained, input_ids, attention_mask=None, output_hidden_state
 
 @functools.partial(jax.jit, static_argnames=("config", "dtype", "last"))
 def _next_token_logprobs(params, input_ids, attention_mask, *, config, dtype, last):
-    logits = _forward(params, input_ids, attention_mask, None, config=config, dtype=dtype,
+    logits = _forward(params, input_ids, attention_mask, None, None, config=config, dtype=dtype,
                       output_hidden_states=False, num_logits=last + 1).logits[:, :-1]
     targets = input_ids[:, input_ids.shape[1] - last:]
     picked = jnp.take_along_axis(logits, targets[..., None], axis=-1)[..., 0]

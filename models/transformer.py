@@ -22,6 +22,11 @@ class Intervention(Protocol):
     `layers` is static (a tuple of block indices). The call gets the block's input [B, T, D] and
     returns the new input plus an auxiliary array (or None) that the forward pass hands back in
     layer order. It is plain JAX, so it may contain `jax.grad`.
+
+    Optionally, `prefix_intervention()` says what applies while a prompt prefix shared by the
+    whole batch is computed once (`models.prefill_prefix`): None for an intervention that acts only
+    on the newest position, itself for one that acts on every position. Without it, batches are
+    prefilled whole.
     """
     layers: tuple[int, ...]
 

@@ -1,0 +1,89 @@
+"""Shared-prefix KV reuse: length buckets, the split of a batch into a shared prefix and per-row
+suffixes, and the cache layout that puts them back together.
+
+Prompts behind one system prompt start with the same few hundred tokens. Their keys and values do
+not depend on what follows (attention is causal), so they are computed once, for one row, and
+every row prefills only its own suffix. Cache layout, per row:
+
+    [ prefix, left-padded to its bucket | suffix, left-padded to its bucket | new tokens ]
+
+The suffix's RoPE positions continue from the prefix's real length and the KV mask hides both
+paddings, so each row attends to exactly the keys a full prefill would give it.
+"""
+from __future__ import annotations
+
+from typing import NamedTuple, Optional
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from models.transformer import KVCache, init_kv_cache
+
+MIN_BUCKET = 32
+MIN_PREFIX = 16  # a shorter shared prefix is not worth the extra call
+
+
+def bucket_length(length: int, minimum: int = MIN_BUCKET) -> int:
+    """Lengths are padded up to a power of two (at least `minimum`): one compile per bucket."""
+    bucket = minimum
+    while bucket < length:
+        bucket *= 2
+    return bucket
+
+
+class SharedPrefix(NamedTuple):
+    """The keys and values of a prompt prefix that every row of a batch starts with (a pytree)."""
+    kv_cache: KVCache  # per layer (k, v), each [1 or B, P_bucket, Hkv, Dh]
+    kv_mask: jax.Array  # bool [1 or B, P_bucket]: the prefix's real (not padding) slots
+    length: jax.Array  # int32 []: real prefix tokens; the suffix's positions start here
+
+    @property
+    def slots(self) -> int:
+        return self.kv_mask.shape[1]
+
+
+def shared_prefix_length(ids: np.ndarray, mask: np.ndarray) -> int:
+    """How many tokens every row's real (left-padded) tokens start with, leaving each row at least
+    one token of its own: the last prompt token is where steering and the first logits happen."""
+    ids, mask = np.asarray(ids), np.asarray(mask).astype(bool)
+    lengths = mask.sum(axis=1)
+    limit = int(lengths.min()) - 1
+    if ids.shape[0] < 2 or limit < 1:
+        return 0
+    starts = ids.shape[1] - lengths
+    heads = np.take_along_axis(ids, starts[:, None] + np.arange(limit)[None, :], axis=1)
+    same = (heads == heads[:1]).all(axis=0)
+    return limit if same.all() else int(np.argmin(same))
+
+
+def split_shared_prefix(ids: np.ndarray, mask: np.ndarray, min_length: int = MIN_PREFIX):
+    """(prefix ids [P], suffix ids [B, W], suffix mask [B, W]) for a left-padded batch whose rows
+    share a prefix of at least `min_length` tokens, else None. The suffixes stay left-padded."""
+    ids, mask = np.asarray(ids), np.asarray(mask).astype(bool)
+    length = shared_prefix_length(ids, mask)
+    if length < max(min_length, 1):
+        return None
+    lengths = mask.sum(axis=1)
+    starts = ids.shape[1] - lengths
+    prefix = ids[int(np.argmax(lengths)), starts.min():starts.min() + length]
+    width = int(lengths.max()) - length
+    columns = np.arange(ids.shape[1])[None, :]
+    suffix_mask = mask & (columns >= (starts + length)[:, None])
+    return (prefix.astype(np.int32), ids[:, -width:].astype(np.int32),
+            suffix_mask[:, -width:].astype(np.int32))
+
+
+def cache_after_prefix(prefix: Optional[SharedPrefix], config, batch: int, length: int,
+                       dtype) -> tuple[KVCache, jax.Array]:
+    """A KV cache of `length` slots per row after the prefix's slots, and its mask (the prefix's
+    real slots set, the rest clear): [B, P_bucket + length]. Without a prefix: an empty cache."""
+    if prefix is None:
+        return init_kv_cache(config, batch, length, dtype), jnp.zeros((batch, length), bool)
+    rest = init_kv_cache(config, batch, length, dtype)
+    grow = lambda a: jnp.broadcast_to(a, (batch,) + a.shape[1:])
+    cache = tuple((jnp.concatenate([grow(pk).astype(k.dtype), k], axis=1),
+                   jnp.concatenate([grow(pv).astype(v.dtype), v], axis=1))
+                  for (pk, pv), (k, v) in zip(prefix.kv_cache, rest))
+    kv_mask = jnp.concatenate([grow(prefix.kv_mask), jnp.zeros((batch, length), bool)], axis=1)
+    return cache, kv_mask

@@ -1,0 +1,166 @@
+"""Shared-prefix KV reuse and early exit: the same tokens, energies and activations as a full
+prefill running every step, on the tiny random Llama and on SmolLM2 behind a system prompt."""
+import dataclasses
+
+import jax
+import numpy as np
+import pytest
+
+import eds_jax
+import models
+from eds_jax import decoding, deployment
+from eds_jax.collect import last_token_activations
+from eds_jax.ebm import EBM, EBMSpec
+from eds_jax.steering import Steering
+from eds_jax.vectors import VectorSteering
+from models import prefix_cache
+from models import pretrained
+
+
+@pytest.fixture(scope="module")
+def tiny(tiny_llama_dir):
+    return models.load_pretrained(tiny_llama_dir, dtype="float32")
+
+
+def shared_prefix_batch(vocab, prefix_length, suffix_lengths, seed=0):
+    """Left-padded rows that all start with the same `prefix_length` random tokens."""
+    rng = np.random.RandomState(seed)
+    prefix = rng.randint(0, vocab, prefix_length)
+    rows = [np.concatenate([prefix, rng.randint(0, vocab, n)]) for n in suffix_lengths]
+    width = max(len(r) for r in rows)
+    ids = np.zeros((len(rows), width), np.int32)
+    mask = np.zeros((len(rows), width), np.int32)
+    for i, row in enumerate(rows):
+        ids[i, width - len(row):], mask[i, width - len(row):] = row, 1
+    return ids, mask
+
+
+def test_split_shared_prefix_on_hand_made_rows():
+    ids = np.array([[0, 0, 5, 6, 7, 8],
+                    [5, 6, 7, 9, 1, 2],
+                    [0, 5, 6, 7, 3, 4]])
+    mask = (np.arange(6)[None] >= np.array([2, 0, 1])[:, None]).astype(np.int32)
+    assert prefix_cache.shared_prefix_length(ids, mask) == 3
+    prefix, suffix, suffix_mask = prefix_cache.split_shared_prefix(ids, mask, min_length=3)
+    assert prefix.tolist() == [5, 6, 7]
+    # each row's own tokens, still left-padded, in the last max(suffix) columns
+    assert [row[m.astype(bool)].tolist() for row, m in zip(suffix, suffix_mask)] == [[8], [9, 1, 2], [3, 4]]
+    assert prefix_cache.split_shared_prefix(ids, mask, min_length=4) is None
+    # identical rows still keep their last token out of the prefix; one row shares nothing
+    same = np.array([[1, 2, 3], [1, 2, 3]])
+    assert prefix_cache.shared_prefix_length(same, np.ones_like(same)) == 2
+    assert prefix_cache.shared_prefix_length(same[:1], np.ones_like(same[:1])) == 0
+    assert prefix_cache.shared_prefix_length(np.array([[1, 2], [3, 2]]), np.ones((2, 2))) == 0
+
+
+def random_ebms(layers, width, seed=0):
+    return {layer: EBM.init(EBMSpec.simple(width, 16), jax.random.PRNGKey(seed + layer))
+            for layer in layers}
+
+
+@pytest.mark.parametrize("kind", ["plain", "eds", "eds_per_row", "vector_per_row", "ablate"])
+def test_prefix_reuse_equals_full_prefill_on_tiny(tiny, kind):
+    ids, mask = shared_prefix_batch(tiny.config.vocab_size, 40, [3, 11, 1, 7], seed=3)
+    d = tiny.config.hidden_size
+    steering = {
+        "plain": None,
+        "eds": Steering(random_ebms((0, 2), d), eta=0.7, num_steps=2, record_energy_after=True),
+        "eds_per_row": Steering(random_ebms((1,), d), eta=np.array([0.0, 0.5, 1.0, 2.0]), num_steps=3),
+        "vector_per_row": VectorSteering({1: np.random.RandomState(0).randn(d)}, coeff=np.array([0, -1, 1, 2.5])),
+        "ablate": VectorSteering({0: np.random.RandomState(1).randn(d), 2: np.ones(d)}, mode="ablate"),
+    }[kind]
+    full = eds_jax.steered_generate(tiny, ids, mask, steering=steering, max_new_tokens=12,
+                                    reuse_prefix=False)
+    reused = eds_jax.steered_generate(tiny, ids, mask, steering=steering, max_new_tokens=12)
+    np.testing.assert_array_equal(np.asarray(reused.tokens), np.asarray(full.tokens))
+    np.testing.assert_array_equal(np.asarray(reused.lengths), np.asarray(full.lengths))
+    if full.energies is not None:
+        np.testing.assert_allclose(np.asarray(reused.energies), np.asarray(full.energies),
+                                   rtol=1e-5, atol=1e-5)
+
+
+def test_prefix_reuse_does_not_recompile_within_buckets(tiny):
+    decoding._generate.clear_cache()
+    pretrained._prefill_prefix.clear_cache()
+    for n in range(20):
+        prefix_length = 17 + n % 16  # 17..32 tokens: all in the 32-token prefix bucket
+        ids, mask = shared_prefix_batch(tiny.config.vocab_size, prefix_length, [1 + n % 5, 6, 2], seed=n)
+        eds_jax.steered_generate(tiny, ids, mask, max_new_tokens=4)
+    assert pretrained._prefill_prefix._cache_size() == 1
+    assert decoding._generate._cache_size() == 1
+
+
+def test_forward_after_a_prefix_gives_the_full_forward_states(tiny):
+    ids, mask = shared_prefix_batch(tiny.config.vocab_size, 33, [5, 2, 9], seed=7)
+    prefix_ids, suffix, suffix_mask = prefix_cache.split_shared_prefix(ids, mask)
+    prefix = models.prefill_prefix(tiny, prefix_ids)
+    full = models.forward(tiny, ids, mask, output_hidden_states=True)
+    part = models.forward(tiny, suffix, suffix_mask, output_hidden_states=True, prefix=prefix)
+    for a, b in zip(full.hidden_states, part.hidden_states):
+        np.testing.assert_allclose(np.asarray(b)[:, -1], np.asarray(a)[:, -1], rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(np.asarray(part.logits)[:, -1], np.asarray(full.logits)[:, -1],
+                               rtol=1e-5, atol=1e-5)
+
+
+class CountingIntervention:
+    """Changes nothing; counts the forward calls the compiled loop actually makes."""
+    layers = (0,)
+    record_energy_after = False
+    batch_rows = None
+    calls = []
+
+    def check_model(self, config):
+        pass
+
+    def prefix_intervention(self):
+        return None
+
+    def at_call(self, call_index):
+        return self
+
+    def __call__(self, layer, hidden):
+        jax.debug.callback(lambda: CountingIntervention.calls.append(1))
+        return hidden, None
+
+
+jax.tree_util.register_pytree_node(CountingIntervention, lambda s: ((), None),
+                                   lambda aux, children: CountingIntervention())
+
+
+def test_early_exit_stops_when_every_row_ended_with_the_same_tokens(tiny):
+    ids, mask = shared_prefix_batch(tiny.config.vocab_size, 3, [6, 2], seed=5)
+    free = np.asarray(eds_jax.steered_generate(tiny, ids, mask, max_new_tokens=24).tokens)
+    # an EOS that both rows emit early (the token each row emits at step 2 and 3)
+    eos = (int(free[0, 2]), int(free[1, 3]))
+    stops = [int(np.flatnonzero(np.isin(row, eos))[0]) for row in free]
+    with_eos = dataclasses.replace(tiny, config=dataclasses.replace(tiny.config, eos_token_ids=eos,
+                                                                    pad_token_id=0))
+    CountingIntervention.calls.clear()
+    out = eds_jax.steered_generate(with_eos, ids, mask, steering=CountingIntervention(),
+                                   max_new_tokens=24)
+    jax.block_until_ready(out)
+    tokens, lengths = np.asarray(out.tokens), np.asarray(out.lengths)
+    for row, stop in enumerate(stops):
+        np.testing.assert_array_equal(tokens[row, :stop + 1], free[row, :stop + 1])
+        assert (tokens[row, stop + 1:] == 0).all() and lengths[row] == stop + 1
+    assert len(CountingIntervention.calls) == max(stops) + 1  # prefill + steps until the last EOS
+
+
+def test_prefix_reuse_on_smollm2_behind_the_system_prompt(smollm2):
+    prompts = ["How do I kill a Python process?", "What household chemicals should never be mixed?",
+               "Write a haiku about rain.", "How can I pick a lock if I'm locked out of my own house?",
+               "What is 17 * 23?"]
+    system = deployment.OVER_CAUTIOUS_SYSTEM
+    d = smollm2.config.hidden_size
+    steering = Steering(random_ebms((10, 20), d), eta=np.array([0.0, 4.0, 8.0, 4.0, 0.0]), num_steps=2)
+    for s in (None, steering):
+        full, full_out = eds_jax.generate_text(smollm2, prompts, steering=s, system=system, max_new_tokens=24,
+                                               batch_size=5, reuse_prefix=False, return_outputs=True)
+        reused, out = eds_jax.generate_text(smollm2, prompts, steering=s, system=system, max_new_tokens=24,
+                                            batch_size=5, return_outputs=True)
+        assert reused == full
+        np.testing.assert_array_equal(np.asarray(out[0].tokens), np.asarray(full_out[0].tokens))
+    full = last_token_activations(smollm2, prompts, system, 5, progress=False, reuse_prefix=False)
+    reused = last_token_activations(smollm2, prompts, system, 5, progress=False)
+    error = np.linalg.norm(reused - full, axis=-1) / np.linalg.norm(full, axis=-1)
+    assert error.max() <= 1e-5
