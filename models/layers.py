@@ -62,7 +62,7 @@ class Attention(nn.Module):
 
     @nn.compact
     def __call__(self, x, positions, kv_cache, cache_index, kv_mask):
-        """x [B, T, D]; kv_cache (k, v) each [B, S, Hkv, Dh]; the new keys land at cache_index.
+        """x [B, T, D]; kv_cache (k, v) each [B, Hkv, S, Dh]; the new keys land at cache_index.
 
         kv_mask [B, S] marks real tokens; a query at cache slot i sees slots <= i that are real.
         """
@@ -83,20 +83,30 @@ class Attention(nn.Module):
         q = apply_rope(q, positions, inv_freq)
         k = apply_rope(k, positions, inv_freq)
 
+        # heads before slots, so the score and value matmuls read the cache without a transpose
         cache_k, cache_v = kv_cache
-        cache_k = jax.lax.dynamic_update_slice(cache_k, k.astype(cache_k.dtype), (0, cache_index, 0, 0))
-        cache_v = jax.lax.dynamic_update_slice(cache_v, v.astype(cache_v.dtype), (0, cache_index, 0, 0))
+        k = k.transpose(0, 2, 1, 3).astype(cache_k.dtype)  # [B, Hkv, T, Dh]
+        v = v.transpose(0, 2, 1, 3).astype(cache_v.dtype)
+        cache_k = jax.lax.dynamic_update_slice(cache_k, k, (0, 0, cache_index, 0))
+        cache_v = jax.lax.dynamic_update_slice(cache_v, v, (0, 0, cache_index, 0))
 
         groups = cfg.num_heads // cfg.num_kv_heads
-        q = q.reshape(batch, length, cfg.num_kv_heads, groups, cfg.head_dim)
-        scores = jnp.einsum("btkgd,bskd->bkgts", q, cache_k,
-                            preferred_element_type=jnp.float32) / math.sqrt(cfg.head_dim)
+        q = q.reshape(batch, length, cfg.num_kv_heads, groups, cfg.head_dim).transpose(0, 2, 3, 1, 4)
+        if length == 1:  # decode: a fused multiply-reduce streams the cache once (memory-bound)
+            scores = jnp.sum(q.astype(jnp.float32) * cache_k[:, :, None].astype(jnp.float32),
+                             axis=-1)[..., None, :] / math.sqrt(cfg.head_dim)
+        else:
+            scores = jnp.einsum("bkgtd,bksd->bkgts", q, cache_k,
+                                preferred_element_type=jnp.float32) / math.sqrt(cfg.head_dim)
         query_slot = cache_index + jnp.arange(length)
-        causal = jnp.arange(cache_k.shape[1])[None, :] <= query_slot[:, None]  # [T, S]
+        causal = jnp.arange(cache_k.shape[2])[None, :] <= query_slot[:, None]  # [T, S]
         visible = causal[None, :, :] & kv_mask[:, None, :]  # [B, T, S]
         scores = jnp.where(visible[:, None, None], scores, _MASKED)
         probs = jax.nn.softmax(scores, axis=-1).astype(self.dtype)
-        out = jnp.einsum("bkgts,bskd->btkgd", probs, cache_v)
+        if length == 1:
+            out = jnp.sum(probs[:, :, :, 0, :, None] * cache_v[:, :, None], axis=-2)[:, None]
+        else:
+            out = jnp.einsum("bkgts,bksd->btkgd", probs, cache_v)
         out = out.reshape(batch, length, cfg.num_heads * cfg.head_dim)
         return dense(cfg.hidden_size, "o_proj", cfg.attention_bias)(out), (cache_k, cache_v)
 

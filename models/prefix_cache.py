@@ -34,7 +34,7 @@ def bucket_length(length: int, minimum: int = MIN_BUCKET) -> int:
 
 class SharedPrefix(NamedTuple):
     """The keys and values of a prompt prefix that every row of a batch starts with (a pytree)."""
-    kv_cache: KVCache  # per layer (k, v), each [1 or B, P_bucket, Hkv, Dh]
+    kv_cache: KVCache  # per layer (k, v), each [1 or B, Hkv, P_bucket, Dh]
     kv_mask: jax.Array  # bool [1 or B, P_bucket]: the prefix's real (not padding) slots
     length: jax.Array  # int32 []: real prefix tokens; the suffix's positions start here
 
@@ -82,8 +82,8 @@ def cache_after_prefix(prefix: Optional[SharedPrefix], config, batch: int, lengt
         return init_kv_cache(config, batch, length, dtype), jnp.zeros((batch, length), bool)
     rest = init_kv_cache(config, batch, length, dtype)
     grow = lambda a: jnp.broadcast_to(a, (batch,) + a.shape[1:])
-    cache = tuple((jnp.concatenate([grow(pk).astype(k.dtype), k], axis=1),
-                   jnp.concatenate([grow(pv).astype(v.dtype), v], axis=1))
+    cache = tuple((jnp.concatenate([grow(pk).astype(k.dtype), k], axis=2),
+                   jnp.concatenate([grow(pv).astype(v.dtype), v], axis=2))
                   for (pk, pv), (k, v) in zip(prefix.kv_cache, rest))
     kv_mask = jnp.concatenate([grow(prefix.kv_mask), jnp.zeros((batch, length), bool)], axis=1)
     return cache, kv_mask

@@ -34,7 +34,7 @@ class Intervention(Protocol):
         ...
 
 
-KVCache = tuple[tuple[jax.Array, jax.Array], ...]  # per layer (k, v), each [B, S, Hkv, Dh]
+KVCache = tuple[tuple[jax.Array, jax.Array], ...]  # per layer (k, v), each [B, Hkv, S, Dh]
 
 
 class TransformerOutput(NamedTuple):
@@ -45,7 +45,7 @@ class TransformerOutput(NamedTuple):
 
 
 def init_kv_cache(config: ModelConfig, batch: int, length: int, dtype) -> KVCache:
-    shape = (batch, length, config.num_kv_heads, config.head_dim)
+    shape = (batch, config.num_kv_heads, length, config.head_dim)
     return tuple((jnp.zeros(shape, dtype), jnp.zeros(shape, dtype)) for _ in range(config.num_layers))
 
 
