@@ -12,6 +12,7 @@ the steady-state time of the same call.
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import subprocess
@@ -125,6 +126,8 @@ def run_jax(spec):
             else:
                 flat[path] = (0.02 * jax.random.normal(jax.random.fold_in(key, i), s.shape, jnp.float32)).astype(dtype)
         pre = models.Pretrained(config, traverse_util.unflatten_dict(flat), None, dtype.name, "random")
+    # every length runs all its steps, as torch's min_new_tokens makes it: no early exit at EOS
+    pre = dataclasses.replace(pre, config=dataclasses.replace(pre.config, eos_token_ids=()))
     config = pre.config
     specs = _ebm_specs(spec, config.hidden_size)
     ebms = {layer: EBM.init(s, jax.random.PRNGKey(layer)) for layer, s in specs.items()}
@@ -145,6 +148,12 @@ def run_jax(spec):
         results[name] = {"compile_s": first - t_short,
                          "ms_per_token": 1000 * (t_long - t_short) / (spec["long"] - spec["short"]),
                          "gen_s_long": t_long}
+    # what one token at batch 1 must at least cost: reading every weight once
+    x = jnp.ones((256, 1024, 1024), jnp.float32)  # 1 GiB
+    total = jax.jit(jnp.sum)
+    jax.block_until_ready(total(x))
+    results["read_bandwidth"] = x.size * 4 / _time(lambda: jax.block_until_ready(total(x)), repeats=5)
+    del x
     if spec["device"] == "gpu":
         stats = jax.devices()[0].memory_stats() or {}
         results["peak_bytes"] = int(stats.get("peak_bytes_in_use", 0))
@@ -274,6 +283,11 @@ def print_table(spec, rows):
             print(f"batch {batch}: JAX÷PyTorch tokens/s  plain {t['plain']['ms_per_token'] / j['plain']['ms_per_token']:.2f}x"
                   f"  steered {t['steered']['ms_per_token'] / j['steered']['ms_per_token']:.2f}x")
         j = impls.get("jax")
+        if j and "read_bandwidth" in j:
+            bound = 1000 * j["weight_bytes"] / j["read_bandwidth"]
+            print(f"batch {batch}: weight-read bound {bound:.1f} ms/token ({j['weight_bytes'] / 1e6:.0f} MB "
+                  f"weights at {j['read_bandwidth'] / 1e9:.1f} GB/s read); JAX plain "
+                  f"{j['plain']['ms_per_token'] / bound:.2f}x, steered {j['steered']['ms_per_token'] / bound:.2f}x the bound")
         if j and "copy_bandwidth" in j:
             bound = 1000 * j["weight_bytes"] / j["copy_bandwidth"]
             print(f"batch {batch}: HBM bound {bound:.2f} ms/token ({j['weight_bytes'] / 1e9:.1f} GB weights at "

@@ -7,6 +7,11 @@ Before block l (for each steered layer, in increasing order) the newest position
 
 The steered state is what block l sees and what its KV cache stores. The energy returned for each
 layer is the energy before the first step.
+
+Optional, off by default (an extension, not upstream's method): an `energy_floor` per layer. A
+row takes a step only while its energy is above the floor, so states the EBM already scores as
+good (a harmful prompt heading for a refusal, a benign one heading for an answer) are left where
+they are, and steering stops once a state reaches the good region.
 """
 from __future__ import annotations
 
@@ -67,12 +72,15 @@ class Steering:
       `dropout_seed`; off by default so steering is deterministic.
     true_refusal_ebms / ortho_lambda: upstream's optional "true refusal" EBM: the false-refusal
       step is orthogonalised against the TR gradient, then `+ ortho_lambda * eta * g_TR` is added.
+    energy_floor: None (always step, upstream), or one energy / an array [B] / {layer: either}: a
+      row steps only while its energy at that layer is above the floor.
     """
 
     def __init__(self, ebms: Mapping[int, EBM], eta: Union[float, Mapping[int, float]] = 0.1,
                  num_steps: int = 3, dropout_at_inference: bool = False, dropout_seed: int = 0,
                  true_refusal_ebms: Optional[Mapping[int, EBM]] = None, ortho_lambda: float = 0.0,
-                 record_energy_after: bool = False):
+                 record_energy_after: bool = False,
+                 energy_floor: Union[None, float, Mapping[int, float]] = None):
         if not ebms:
             raise ValueError("Steering needs at least one EBM ({layer: EBM})")
         layers = sorted(int(layer) for layer in ebms)
@@ -83,6 +91,15 @@ class Steering:
             raise ValueError(f"per-layer eta covers layers {sorted(etas)}, but EBMs are for {layers}")
         etas = {layer: check_setting(f"eta for layer {layer}", value, minimum=0.0)
                 for layer, value in etas.items()}
+        floors = None
+        if energy_floor is not None:
+            floors = (dict(energy_floor) if isinstance(energy_floor, Mapping)
+                      else {layer: energy_floor for layer in layers})
+            floors = {int(layer): value for layer, value in floors.items()}
+            if set(floors) != set(layers):
+                raise ValueError(f"energy_floor covers layers {sorted(floors)}, but EBMs are for {layers}")
+            floors = {layer: jnp.asarray(check_setting(f"energy_floor for layer {layer}", value),
+                                         jnp.float32) for layer, value in floors.items()}
         check_setting("ortho_lambda", ortho_lambda)
         if int(num_steps) < 0:
             raise ValueError(f"num_steps must be >= 0, got {num_steps}")
@@ -94,6 +111,7 @@ class Steering:
             raise ValueError(f"true-refusal EBMs cover layers {sorted(tr)}, but EBMs are for {layers}")
         self.ebms = {layer: ebms[layer] for layer in layers}
         self.etas = {layer: jnp.asarray(etas[layer], jnp.float32) for layer in layers}
+        self.energy_floors = floors
         self.true_refusal_ebms = {layer: tr[layer] for layer in layers} if tr else None
         self.ortho_lambda = jnp.float32(ortho_lambda)
         self.num_steps = int(num_steps)
@@ -103,13 +121,15 @@ class Steering:
 
     # -- pytree -------------------------------------------------------------------------------
     def tree_flatten(self):
-        children = (self.ebms, self.etas, self.true_refusal_ebms, self.ortho_lambda, self.dropout_key)
+        children = (self.ebms, self.etas, self.true_refusal_ebms, self.ortho_lambda, self.dropout_key,
+                    self.energy_floors)
         return children, (self.num_steps, self.dropout_at_inference, self.record_energy_after)
 
     @classmethod
     def tree_unflatten(cls, aux, children):
         obj = object.__new__(cls)
-        (obj.ebms, obj.etas, obj.true_refusal_ebms, obj.ortho_lambda, obj.dropout_key) = children
+        (obj.ebms, obj.etas, obj.true_refusal_ebms, obj.ortho_lambda, obj.dropout_key,
+         obj.energy_floors) = children
         obj.num_steps, obj.dropout_at_inference, obj.record_energy_after = aux
         return obj
 
@@ -132,7 +152,7 @@ class Steering:
     @property
     def batch_rows(self) -> Optional[int]:
         """The batch size per-row settings fix, or None when every setting is one scalar."""
-        return per_row_count(self.etas.values())
+        return per_row_count(list(self.etas.values()) + list((self.energy_floors or {}).values()))
 
     def take_rows(self, rows) -> "Steering":
         """The same steering for the batch rows `rows` (indices into the per-row settings)."""
@@ -140,6 +160,8 @@ class Steering:
             return self
         taken = copy.copy(self)
         taken.etas = {layer: take_per_row(eta, rows) for layer, eta in self.etas.items()}
+        if self.energy_floors is not None:
+            taken.energy_floors = {layer: take_per_row(f, rows) for layer, f in self.energy_floors.items()}
         return taken
 
     def prefix_intervention(self) -> None:
@@ -162,6 +184,7 @@ class Steering:
         (NaN unless `record_energy_after`).
         """
         ebm, eta = self.ebms[layer], row_column(self.etas[layer])
+        floor = None if self.energy_floors is None else self.energy_floors[layer]
         tr_ebm = self.true_refusal_ebms[layer] if self.true_refusal_ebms else None
         layer_key = jax.random.fold_in(self.dropout_key, layer)
 
@@ -179,6 +202,8 @@ class Steering:
                 tr_dir = _unit(g_tr)
                 direction = direction - jnp.sum(direction * tr_dir, -1, keepdims=True) * tr_dir
                 direction = direction - self.ortho_lambda * tr_dir
+            if floor is not None:  # rows at or below the floor stay put
+                direction = direction * (energies > floor)[:, None].astype(direction.dtype)
             return x - eta * direction, energies
 
         x = hidden[:, -1].astype(jnp.float32)

@@ -102,10 +102,12 @@ class Attention(nn.Module):
         causal = jnp.arange(cache_k.shape[2])[None, :] <= query_slot[:, None]  # [T, S]
         visible = causal[None, :, :] & kv_mask[:, None, :]  # [B, T, S]
         scores = jnp.where(visible[:, None, None], scores, _MASKED)
-        probs = jax.nn.softmax(scores, axis=-1).astype(self.dtype)
-        if length == 1:
-            out = jnp.sum(probs[:, :, :, 0, :, None] * cache_v[:, :, None], axis=-2)[:, None]
+        probs = jax.nn.softmax(scores, axis=-1)
+        if length == 1:  # accumulated in float32, like the matmul's accumulator
+            out = jnp.sum(probs[:, :, :, 0, :, None] * cache_v[:, :, None].astype(jnp.float32),
+                          axis=-2)[:, None].astype(self.dtype)
         else:
+            probs = probs.astype(self.dtype)
             out = jnp.einsum("bkgts,bksd->btkgd", probs, cache_v)
         out = out.reshape(batch, length, cfg.num_heads * cfg.head_dim)
         return dense(cfg.hidden_size, "o_proj", cfg.attention_bias)(out), (cache_k, cache_v)

@@ -178,3 +178,28 @@ def test_steered_generate_returns_energies_and_per_layer_eta(tiny):
     after = np.asarray(out.energies_after)
     np.testing.assert_allclose(after[..., 1], energies[..., 1], rtol=1e-6)  # eta 0: no move
     assert np.all(after[..., 0] < energies[..., 0])
+
+
+def test_energy_floor_steps_only_rows_above_it(tiny):
+    ids, mask = left_padded_batch(tiny.config.vocab_size, [6, 4, 5])
+    ebm = EBM.init(EBMSpec.simple(D, 16), jax.random.PRNGKey(0))
+    plain = models.forward(tiny, ids, mask, output_hidden_states=True)
+    energy = np.asarray(ebm.energy(plain.hidden_states[1][:, -1]))
+
+    def moved(**kwargs):
+        out = models.forward(tiny, ids, mask, output_hidden_states=True,
+                             intervention=Steering({1: ebm}, eta=0.8, num_steps=1, **kwargs))
+        return np.linalg.norm(np.asarray(out.hidden_states[1])[:, -1]
+                              - np.asarray(plain.hidden_states[1])[:, -1], axis=-1)
+
+    assert np.all(moved() > 0.1)
+    np.testing.assert_allclose(moved(energy_floor=energy.min() - 1.0), moved(), rtol=1e-6)
+    assert np.all(moved(energy_floor=energy.max() + 1.0) == 0)  # every row already below
+    # per row: the floor sits just above row 1's energy and below the others'
+    floors = np.where(np.arange(3) == 1, energy + 1e-3, energy - 1e-3)
+    steps = moved(energy_floor=floors)
+    assert steps[1] == 0 and np.all(steps[[0, 2]] > 0.1)
+    with pytest.raises(ValueError, match="energy_floor covers layers"):
+        Steering({1: ebm}, energy_floor={2: 0.0})
+    with pytest.raises(ValueError, match="energy_floor for layer 1 must be finite"):
+        Steering({1: ebm}, energy_floor=float("nan"))
