@@ -3,7 +3,7 @@
 Plain and steered generation share this loop; steering is only the intervention handed to the
 forward pass: EDS (`Steering`) or a steering-vector baseline (`vectors.VectorSteering`).
 Shapes are static: prompts are left-padded to a length bucket, the KV cache holds
-bucket + max_new_tokens slots (after a shared prefix's slots, when the rows share one: see
+bucket + max_new_tokens slots per row (plus one copy of a prefix all rows share: see
 `models.prefix_cache`), rows that reached EOS keep running with frozen positions and emit the pad
 id, and the loop stops early once every row has ended.
 """
@@ -16,10 +16,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from models.prefix_cache import SharedPrefix, bucket_length, cache_after_prefix, split_shared_prefix
+from models.prefix_cache import SharedPrefix, bucket_length, split_shared_prefix
 from models.pretrained import (Pretrained, apply_model, prefill_prefix, prefix_intervention,
                                prompt_positions, resolve_dtype)
 from models.sharding import gather_rows, pad_rows, shard_rows
+from models.transformer import init_kv_cache
 from eds_jax.steering import Steering
 from eds_jax.vectors import VectorSteering
 
@@ -99,20 +100,19 @@ def _generate(params, input_ids, attention_mask, steering: Optional[SteeringLike
               top_p, prefix: Optional[SharedPrefix] = None, *, config, dtype, max_new_tokens: int,
               eos_ids: tuple, pad_id: int, sample: bool) -> GenerationOutput:
     batch, prompt_len = input_ids.shape
-    # cache: [shared prefix slots, if any | prompt | new tokens]
-    cache, kv_mask = cache_after_prefix(prefix, config, batch, prompt_len + max_new_tokens,
-                                        resolve_dtype(dtype))
-    start = 0 if prefix is None else prefix.slots
-    kv_mask = kv_mask.at[:, start:start + prompt_len].set(attention_mask.astype(bool))
+    # each row's cache: [prompt | new tokens], after the shared prefix if there is one
+    cache = init_kv_cache(config, batch, prompt_len + max_new_tokens, resolve_dtype(dtype))
+    kv_mask = jnp.zeros((batch, prompt_len + max_new_tokens), bool).at[:, :prompt_len].set(
+        attention_mask.astype(bool))
     eos = jnp.asarray(eos_ids, jnp.int32)
 
     def call_model(ids, positions, cache, index, mask, call_index):
         intervention = steering.at_call(call_index) if steering is not None else None
         return apply_model(config, dtype, params, ids, positions, cache, index, mask,
-                           intervention=intervention, last_logits_only=True)
+                           intervention=intervention, last_logits_only=True, prefix=prefix)
 
     positions = prompt_positions(attention_mask) + (0 if prefix is None else prefix.length)
-    out = call_model(input_ids, positions, cache, start, kv_mask, 0)
+    out = call_model(input_ids, positions, cache, 0, kv_mask, 0)
     first = _choose(out.logits[:, -1], jax.random.fold_in(rng, 0), temperature, top_p, sample)
     state = _DecodeState(out.kv_cache, kv_mask, first, positions[:, -1] + 1, jnp.isin(first, eos))
     first_energy = _energies(out.intervention_aux)
@@ -125,7 +125,7 @@ def _generate(params, input_ids, attention_mask, steering: Optional[SteeringLike
 
     def step(carry):
         t, state, buffers = carry
-        slot = start + prompt_len + t - 1  # where the previous token's keys go
+        slot = prompt_len + t - 1  # where the previous token's keys go
         kv_mask = state.kv_mask.at[:, slot].set(~state.done)
         out = call_model(state.token[:, None], state.position[:, None], state.kv_cache, slot,
                          kv_mask, t)

@@ -61,10 +61,13 @@ class Attention(nn.Module):
     dtype: jnp.dtype
 
     @nn.compact
-    def __call__(self, x, positions, kv_cache, cache_index, kv_mask):
+    def __call__(self, x, positions, kv_cache, cache_index, kv_mask, prefix=None):
         """x [B, T, D]; kv_cache (k, v) each [B, Hkv, S, Dh]; the new keys land at cache_index.
 
         kv_mask [B, S] marks real tokens; a query at cache slot i sees slots <= i that are real.
+        prefix: (k, v, mask) of a prompt prefix every row continues, [R, Hkv, P, Dh] and [R, P]
+        with R = 1 (shared: its keys are read once for all rows) or B; every query sees its real
+        slots, before the row's own cache.
         """
         cfg = self.config
         dense = lambda n, name, bias: nn.Dense(n, use_bias=bias, dtype=self.dtype,
@@ -92,23 +95,42 @@ class Attention(nn.Module):
 
         groups = cfg.num_heads // cfg.num_kv_heads
         q = q.reshape(batch, length, cfg.num_kv_heads, groups, cfg.head_dim).transpose(0, 2, 3, 1, 4)
+        scale = 1.0 / math.sqrt(cfg.head_dim)
         if length == 1:  # decode: a fused multiply-reduce streams the cache once (memory-bound)
             scores = jnp.sum(q.astype(jnp.float32) * cache_k[:, :, None].astype(jnp.float32),
-                             axis=-1)[..., None, :] / math.sqrt(cfg.head_dim)
+                             axis=-1)[..., None, :] * scale
         else:
             scores = jnp.einsum("bkgtd,bksd->bkgts", q, cache_k,
-                                preferred_element_type=jnp.float32) / math.sqrt(cfg.head_dim)
+                                preferred_element_type=jnp.float32) * scale
         query_slot = cache_index + jnp.arange(length)
         causal = jnp.arange(cache_k.shape[2])[None, :] <= query_slot[:, None]  # [T, S]
         visible = causal[None, :, :] & kv_mask[:, None, :]  # [B, T, S]
         scores = jnp.where(visible[:, None, None], scores, _MASKED)
+        if prefix is not None:
+            prefix_k, prefix_v, prefix_mask = prefix
+            shared = prefix_k.shape[0] == 1
+            prefix_scores = (jnp.einsum("bkgtd,ksd->bkgts", q, prefix_k[0].astype(q.dtype),
+                                        preferred_element_type=jnp.float32) if shared else
+                             jnp.einsum("bkgtd,bksd->bkgts", q, prefix_k.astype(q.dtype),
+                                        preferred_element_type=jnp.float32)) * scale
+            prefix_scores = jnp.where(prefix_mask[:, None, None, None, :], prefix_scores, _MASKED)
+            scores = jnp.concatenate([prefix_scores, scores], axis=-1)
         probs = jax.nn.softmax(scores, axis=-1)
+        if prefix is not None:
+            prefix_probs, probs = jnp.split(probs, [prefix_k.shape[2]], axis=-1)
         if length == 1:  # accumulated in float32, like the matmul's accumulator
             out = jnp.sum(probs[:, :, :, 0, :, None] * cache_v[:, :, None].astype(jnp.float32),
-                          axis=-2)[:, None].astype(self.dtype)
+                          axis=-2)[:, None]
         else:
-            probs = probs.astype(self.dtype)
-            out = jnp.einsum("bkgts,bksd->btkgd", probs, cache_v)
+            out = jnp.einsum("bkgts,bksd->btkgd", probs.astype(self.dtype), cache_v,
+                             preferred_element_type=jnp.float32)
+        if prefix is not None:
+            out = out + (jnp.einsum("bkgts,ksd->btkgd", prefix_probs.astype(self.dtype),
+                                    prefix_v[0].astype(self.dtype), preferred_element_type=jnp.float32)
+                         if shared else
+                         jnp.einsum("bkgts,bksd->btkgd", prefix_probs.astype(self.dtype),
+                                    prefix_v.astype(self.dtype), preferred_element_type=jnp.float32))
+        out = out.astype(self.dtype)
         out = out.reshape(batch, length, cfg.num_heads * cfg.head_dim)
         return dense(cfg.hidden_size, "o_proj", cfg.attention_bias)(out), (cache_k, cache_v)
 
@@ -132,11 +154,11 @@ class DecoderBlock(nn.Module):
     dtype: jnp.dtype
 
     @nn.compact
-    def __call__(self, x, positions, kv_cache, cache_index, kv_mask):
+    def __call__(self, x, positions, kv_cache, cache_index, kv_mask, prefix=None):
         cfg = self.config
         attn_in = RMSNorm(cfg.rms_norm_eps, self.dtype, name="input_layernorm")(x)
         attn_out, kv_cache = Attention(cfg, self.dtype, name="self_attn")(
-            attn_in, positions, kv_cache, cache_index, kv_mask)
+            attn_in, positions, kv_cache, cache_index, kv_mask, prefix)
         x = x + attn_out
         mlp_in = RMSNorm(cfg.rms_norm_eps, self.dtype, name="post_attention_layernorm")(x)
         return x + MLP(cfg, self.dtype, name="mlp")(mlp_in), kv_cache

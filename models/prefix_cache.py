@@ -3,12 +3,13 @@ suffixes, and the cache layout that puts them back together.
 
 Prompts behind one system prompt start with the same few hundred tokens. Their keys and values do
 not depend on what follows (attention is causal), so they are computed once, for one row, and
-every row prefills only its own suffix. Cache layout, per row:
+every row prefills only its own suffix. Each row attends to
 
-    [ prefix, left-padded to its bucket | suffix, left-padded to its bucket | new tokens ]
+    [ prefix, left-padded to its bucket (one copy, shared) | its own cache: suffix | new tokens ]
 
-The suffix's RoPE positions continue from the prefix's real length and the KV mask hides both
-paddings, so each row attends to exactly the keys a full prefill would give it.
+with one softmax over both parts; the suffix's RoPE positions continue from the prefix's real
+length and masks hide both paddings, so each row sees exactly the keys a full prefill gives it.
+The shared prefix is read once per step for the whole batch, not once per row.
 """
 from __future__ import annotations
 
@@ -18,7 +19,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from models.transformer import KVCache, init_kv_cache
+from models.transformer import KVCache
 
 MIN_BUCKET = 32
 MIN_PREFIX = 16  # a shorter shared prefix is not worth the extra call
@@ -72,18 +73,3 @@ def split_shared_prefix(ids: np.ndarray, mask: np.ndarray, min_length: int = MIN
     suffix_mask = mask & (columns >= (starts + length)[:, None])
     return (prefix.astype(np.int32), ids[:, -width:].astype(np.int32),
             suffix_mask[:, -width:].astype(np.int32))
-
-
-def cache_after_prefix(prefix: Optional[SharedPrefix], config, batch: int, length: int,
-                       dtype) -> tuple[KVCache, jax.Array]:
-    """A KV cache of `length` slots per row after the prefix's slots, and its mask (the prefix's
-    real slots set, the rest clear): [B, P_bucket + length]. Without a prefix: an empty cache."""
-    if prefix is None:
-        return init_kv_cache(config, batch, length, dtype), jnp.zeros((batch, length), bool)
-    rest = init_kv_cache(config, batch, length, dtype)
-    grow = lambda a: jnp.broadcast_to(a, (batch,) + a.shape[1:])
-    cache = tuple((jnp.concatenate([grow(pk).astype(k.dtype), k], axis=2),
-                   jnp.concatenate([grow(pv).astype(v.dtype), v], axis=2))
-                  for (pk, pv), (k, v) in zip(prefix.kv_cache, rest))
-    kv_mask = jnp.concatenate([grow(prefix.kv_mask), jnp.zeros((batch, length), bool)], axis=1)
-    return cache, kv_mask

@@ -14,8 +14,8 @@ import numpy as np
 
 from models.checkpoint import CheckpointError, fill_params, iter_safetensors
 from models.config import ModelConfig, from_hf_config
-from models.prefix_cache import SharedPrefix, bucket_length, cache_after_prefix
-from models.transformer import CausalLM, Intervention, TransformerOutput
+from models.prefix_cache import SharedPrefix, bucket_length
+from models.transformer import CausalLM, Intervention, TransformerOutput, init_kv_cache
 
 _DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
 
@@ -157,26 +157,25 @@ def check_intervention_layers(layers, config: ModelConfig) -> None:
 def apply_model(config: ModelConfig, dtype: str, params, input_ids, positions, kv_cache,
                 cache_index, kv_mask, intervention: Optional[Intervention] = None,
                 output_hidden_states: bool = False, last_logits_only: bool = False,
-                num_logits: Optional[int] = None) -> TransformerOutput:
+                num_logits: Optional[int] = None, prefix: Optional[SharedPrefix] = None) -> TransformerOutput:
     """One call of the transformer; used by `forward` and by the decode loop."""
     if intervention is not None:
         check_intervention_layers(intervention.layers, config)
     module = CausalLM(config, resolve_dtype(dtype))
     return module.apply({"params": params}, input_ids, positions, kv_cache, cache_index, kv_mask,
                         intervention=intervention, output_hidden_states=output_hidden_states,
-                        last_logits_only=last_logits_only, num_logits=num_logits)
+                        last_logits_only=last_logits_only, num_logits=num_logits, prefix=prefix)
 
 
 @functools.partial(jax.jit, static_argnames=("config", "dtype", "output_hidden_states", "num_logits"))
 def _forward(params, input_ids, attention_mask, intervention, prefix=None, *, config, dtype,
              output_hidden_states, num_logits=None):
     batch, length = input_ids.shape
-    cache, kv_mask = cache_after_prefix(prefix, config, batch, length, resolve_dtype(dtype))
-    start = 0 if prefix is None else prefix.slots
-    kv_mask = kv_mask.at[:, start:].set(attention_mask.astype(bool))
+    cache = init_kv_cache(config, batch, length, resolve_dtype(dtype))
     positions = prompt_positions(attention_mask) + (0 if prefix is None else prefix.length)
-    return apply_model(config, dtype, params, input_ids, positions, cache, start, kv_mask,
-                       intervention, output_hidden_states, num_logits=num_logits)
+    return apply_model(config, dtype, params, input_ids, positions, cache, 0,
+                       attention_mask.astype(bool), intervention, output_hidden_states,
+                       num_logits=num_logits, prefix=prefix)
 
 
 def prefix_intervention(intervention: Optional[Intervention]):
@@ -193,7 +192,7 @@ def prefix_intervention(intervention: Optional[Intervention]):
 @functools.partial(jax.jit, static_argnames=("config", "dtype"))
 def _prefill_prefix(params, ids, mask, intervention, *, config, dtype) -> SharedPrefix:
     rows, slots = ids.shape
-    cache, _ = cache_after_prefix(None, config, rows, slots, resolve_dtype(dtype))
+    cache = init_kv_cache(config, rows, slots, resolve_dtype(dtype))
     out = apply_model(config, dtype, params, ids, prompt_positions(mask), cache, 0, mask.astype(bool),
                       intervention, num_logits=0)
     return SharedPrefix(out.kv_cache, mask.astype(bool), jnp.sum(mask[0]).astype(jnp.int32))

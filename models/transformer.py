@@ -56,9 +56,11 @@ class CausalLM(nn.Module):
     @nn.compact
     def __call__(self, input_ids, positions, kv_cache: KVCache, cache_index, kv_mask,
                  intervention: Optional[Intervention] = None, output_hidden_states: bool = False,
-                 last_logits_only: bool = False, num_logits: Optional[int] = None) -> TransformerOutput:
+                 last_logits_only: bool = False, num_logits: Optional[int] = None,
+                 prefix=None) -> TransformerOutput:
         """num_logits: logits for the last n positions only (0: none, e.g. to read hidden states;
-        None: all). last_logits_only is num_logits=1."""
+        None: all). last_logits_only is num_logits=1. prefix: a `models.SharedPrefix` the batch
+        continues (its keys and values per layer, read by every row; positions must continue it)."""
         cfg = self.config
         embed = nn.Embed(cfg.vocab_size, cfg.hidden_size, dtype=self.dtype, param_dtype=self.dtype,
                          name="embed_tokens")
@@ -71,8 +73,10 @@ class CausalLM(nn.Module):
                 aux.append(extra)
             if output_hidden_states:
                 hidden_states.append(x)
+            layer_prefix = (None if prefix is None else
+                            (prefix.kv_cache[i][0], prefix.kv_cache[i][1], prefix.kv_mask))
             x, layer_cache = DecoderBlock(cfg, self.dtype, name=f"layers_{i}")(
-                x, positions, kv_cache[i], cache_index, kv_mask)
+                x, positions, kv_cache[i], cache_index, kv_mask, layer_prefix)
             new_cache.append(layer_cache)
         x = RMSNorm(cfg.rms_norm_eps, self.dtype, name="norm")(x)
         if output_hidden_states:
