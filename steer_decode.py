@@ -28,6 +28,7 @@ flags.DEFINE_float("ebm_dropout", 0.15, "complex EBM dropout rate (its layer ind
 flags.DEFINE_boolean("ebm_layernorm", True, "complex EBM uses LayerNorm")
 flags.DEFINE_float("eta", None, "step size (default: the EBM directory's metadata, else 0.1)")
 flags.DEFINE_integer("num_steps", None, "steps per token (default: metadata, else 3)")
+flags.DEFINE_bool("no_energy_floor", False, "ignore the energy floor saved with the EBMs (step every row)")
 flags.DEFINE_list("layers", [], "steer only these of the loaded layers")
 flags.DEFINE_boolean("dropout_at_inference", False, "upstream's random EBM dropout while steering")
 flags.DEFINE_string("prompt", None, "one prompt")
@@ -50,7 +51,7 @@ def build_steering(hidden_size: int, loaded=None):
     """Steering from the flags, or None when no EBM was given. `loaded`: what
     `eds_jax.load_ebms(FLAGS.ebms)` returned, when --ebms is given."""
     import eds_jax
-    from eds_jax.ebm_io import steering_settings
+    from eds_jax.ebm_io import saved_energy_floor, steering_settings
     if FLAGS.ebms and FLAGS.torch_ebm:
         raise app.UsageError("give --ebms or --torch_ebm, not both")
     metadata = {}
@@ -75,7 +76,8 @@ def build_steering(hidden_size: int, loaded=None):
             raise app.UsageError(f"--layers {missing} have no EBM; loaded layers: {sorted(ebms)}")
         ebms = {layer: ebms[layer] for layer in wanted}
     eta, steps = steering_settings(metadata, FLAGS.eta, FLAGS.num_steps)
-    steering = eds_jax.Steering(ebms, eta=eta, num_steps=steps,
+    floor = None if FLAGS.no_energy_floor else saved_energy_floor(metadata, sorted(ebms))
+    steering = eds_jax.Steering(ebms, eta=eta, num_steps=steps, energy_floor=floor,
                                 dropout_at_inference=FLAGS.dropout_at_inference, dropout_seed=FLAGS.seed,
                                 record_energy_after=True)
     return steering, metadata

@@ -77,10 +77,19 @@ def validation_prompts(cfg, training_prompts: set) -> tuple[list[str], list[str]
     return benign, harmful
 
 
+def energy_floors(layer_ebm, layers, activations, labels, quantile: float) -> dict:
+    """{layer: the `quantile` of the energies of the training good states at that layer}."""
+    import numpy as np
+    good = activations[np.asarray(labels) == 1]
+    return {int(layer): float(np.quantile(np.asarray(layer_ebm(layer).energy(good[:, layer])), quantile))
+            for layer in layers}
+
+
 def choose_steering(cfg, pre, ranked: list[int], layer_ebm, validation: tuple[list, list],
-                    workdir: str, sharding) -> dict:
-    """Layers, eta and steps: swept on the validation prompts of `cfg.sweep` when it names etas,
-    else `cfg.steer` as it is. Returns {layers, eta, num_steps, judge, sweep}."""
+                    workdir: str, sharding, data=None) -> dict:
+    """Layers, eta, steps and energy floor: swept on the validation prompts of `cfg.sweep` when it
+    names etas, else `cfg.steer` as it is. Returns {layers, eta, num_steps, energy_floor, judge,
+    sweep}; `data` (the training collection) sets the energy floors."""
     import jax
     import eds_jax
     from eds_jax import outcomes, plots
@@ -90,16 +99,22 @@ def choose_steering(cfg, pre, ranked: list[int], layer_ebm, validation: tuple[li
     s = cfg.sweep
     if not s.etas:
         return {"layers": sorted(ranked[:int(cfg.steer.top_n_layers)]), "eta": float(cfg.steer.eta),
-                "num_steps": int(cfg.steer.num_steps), "judge": None, "sweep": None}
+                "num_steps": int(cfg.steer.num_steps), "energy_floor": None, "judge": None,
+                "sweep": None}
     benign, harmful = validation
     steps_list = tuple(int(x) for x in s.num_steps) or (int(cfg.steer.num_steps),)
     tops = tuple(int(x) for x in s.top_n_layers) or (int(cfg.steer.top_n_layers),)
     ebms = {layer: layer_ebm(layer) for layer in ranked[:max(tops)]}
+    quantiles = [None] + [float(q) for q in s.energy_floor_quantiles]
+    floors = {q: None if q is None else energy_floors(layer_ebm, list(ebms), data.activations,
+                                                      data.labels, q) for q in quantiles}
     groups = [sweep_lib.SettingGroup(
-        {"num_steps": steps, "layers": sorted(ranked[:n])}, "eta", tuple(s.etas),
-        lambda per_row, steps=steps, n=n: eds_jax.Steering({l: ebms[l] for l in ranked[:n]},
-                                                           eta=per_row, num_steps=steps))
-        for steps in steps_list for n in tops]
+        {"num_steps": steps, "layers": sorted(ranked[:n])} | ({} if q is None else {"energy_floor_quantile": q}),
+        "eta", tuple(s.etas),
+        lambda per_row, steps=steps, n=n, q=q: eds_jax.Steering(
+            {l: ebms[l] for l in ranked[:n]}, eta=per_row, num_steps=steps,
+            energy_floor=None if q is None else {l: floors[q][l] for l in ranked[:n]}))
+        for q in quantiles for steps in steps_list for n in tops]
     options = dict(system=cfg.collect.system, max_new_tokens=int(s.max_new_tokens),
                    batch_size=int(s.batch_size))
     unsteered = eds_jax.generate_text(pre, benign + harmful, progress=True, batch_sharding=sharding,
@@ -119,9 +134,13 @@ def choose_steering(cfg, pre, ranked: list[int], layer_ebm, validation: tuple[li
                                            ["benign"] * len(benign) + ["harmful"] * len(harmful), texts)))
         plots.plot_tradeoff(os.path.join(workdir, "sweep_tradeoff.png"), table, row["setting"])
     unsteered_choice = row["setting"] == sweep_lib.UNSTEERED
-    return {"layers": sorted(ranked[:tops[0]]) if unsteered_choice else row["layers"],
+    layers = sorted(ranked[:tops[0]]) if unsteered_choice else row["layers"]
+    quantile = None if unsteered_choice else row.get("energy_floor_quantile")
+    return {"layers": layers,
             "eta": 0.0 if unsteered_choice else row["eta"],
             "num_steps": steps_list[0] if unsteered_choice else row["num_steps"],
+            "energy_floor": None if quantile is None else {l: floors[quantile][l] for l in layers},
+            "energy_floor_quantile": quantile,
             "judge": judge.to_dict(),
             "sweep": {"table": table, "chosen": row["setting"], "reason": reason,
                       "benign": {k: v.to_dict() for k, v in s.benign.items()},
@@ -182,7 +201,7 @@ def run(cfg, workdir: str) -> dict:
     index = {layer: i for i, layer in enumerate(layers)}
     layer_ebm = lambda layer: result["trainer"].layer_ebm(result["params"], index[layer])
     steer = choose_steering(cfg, pre, ranked, layer_ebm, validation, workdir=workdir,
-                            sharding=batch_sharding(mesh))
+                            sharding=batch_sharding(mesh), data=data)
     chosen = steer.pop("layers")
     validation = {str(layer): {"auc": float(result["metrics"]["auc"][index[layer]]),
                                "sign_accuracy": float(result["metrics"]["sign_accuracy"][index[layer]]),
@@ -191,7 +210,10 @@ def run(cfg, workdir: str) -> dict:
     metadata = {"model": pre.source, "model_family": pre.family, "hidden_size": pre.config.hidden_size,
                 "selected_by": cfg.train.select_by, "validation": validation, "label_counts": counts,
                 "split_counts": result["counts"], deployment.METADATA_KEY: cfg.collect.system,
-                "steer": {"eta": steer["eta"], "num_steps": steer["num_steps"]},
+                "steer": {"eta": steer["eta"], "num_steps": steer["num_steps"],
+                          "energy_floor": (None if steer["energy_floor"] is None else
+                                           {str(l): v for l, v in steer["energy_floor"].items()}),
+                          "energy_floor_quantile": steer.get("energy_floor_quantile")},
                 "judge": steer["judge"], "sweep": steer["sweep"], "train": cfg.train.to_dict()}
     ebms = {layer: layer_ebm(layer) for layer in chosen}
     if jax.process_index() == 0:
@@ -205,7 +227,10 @@ def run(cfg, workdir: str) -> dict:
     if steer["sweep"]:
         print(sweep_lib.markdown_table(steer["sweep"]["table"], steer["sweep"]["chosen"]))
         print(f"steering setting chosen on validation prompts: {steer['sweep']['reason']}")
-    print(f"layers {chosen}, eta {steer['eta']}, {steer['num_steps']} steps; EBMs in "
+    floor = ("" if steer["energy_floor"] is None else
+             f", energy floor (quantile {steer['energy_floor_quantile']}) "
+             f"{ {l: round(v, 3) for l, v in steer['energy_floor'].items()} }")
+    print(f"layers {chosen}, eta {steer['eta']}, {steer['num_steps']} steps{floor}; EBMs in "
           f"{os.path.join(workdir, 'ebms')}; wall time {time.time() - start:.0f} s")
     return {"chosen": chosen, "result": result, "counts": counts}
 

@@ -54,6 +54,9 @@ def base_config():
         "etas": (),  # candidates; each runs as rows of one batch (per-row eta, one compile)
         "num_steps": (),  # empty: (c.steer.num_steps,)
         "top_n_layers": (),  # empty: (c.steer.top_n_layers,)
+        # each q adds the same etas with an energy floor (Steering(energy_floor=...)): a row steps
+        # only while its energy is above the q-quantile of the training good states' energies
+        "energy_floor_quantiles": (),
         "max_new_tokens": 40,
         "batch_size": 32,
         "max_refusal_drop": 0.05,  # harmful refusal may fall by at most this

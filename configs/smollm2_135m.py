@@ -39,5 +39,6 @@ def get_config():
     c.sweep.benign = {"prompts": source(os.path.join(PROMPTS, "benign_val.jsonl"))}
     c.sweep.harmful = {"prompts": source(os.path.join(PROMPTS, "harmful_val.jsonl"))}
     c.sweep.etas = (4.0, 8.0, 12.0, 16.0, 24.0)
+    c.sweep.energy_floor_quantiles = (0.9,)
     c.sweep.max_new_tokens = 48  # as the Quick start decodes the demo prompts
     return c

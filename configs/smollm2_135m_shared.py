@@ -19,7 +19,8 @@ def get_config():
                       "xstest_unsafe": source(f"{SHARED}/splits/xstest_unsafe_train.json")}
     c.collect.max_new_tokens = 40
     c.collect.batch_size = 32
-    c.sweep.etas = (4.0, 8.0, 12.0, 16.0, 24.0)
+    c.sweep.etas = (8.0, 16.0, 24.0, 32.0)
+    c.sweep.energy_floor_quantiles = (0.9,)
     # validation prompts for the eta sweep: neither training nor test prompts
     c.sweep.benign = {"or_bench_hard": source(f"{SHARED}/splits/or_bench_hard_val.json", limit=64),
                       "harmless": source(f"{SHARED}/splits/harmless_val.json", limit=16)}

@@ -7,7 +7,7 @@ orbax writes into a temporary directory and renames it, so a crash leaves nothin
 from __future__ import annotations
 
 import os
-from typing import Any, Mapping
+from typing import Optional, Any, Mapping
 
 import jax
 import numpy as np
@@ -72,3 +72,14 @@ def steering_settings(metadata: dict, eta=None, num_steps=None) -> tuple[float, 
     saved = metadata.get("steer", {})
     return (float(eta if eta is not None else saved.get("eta", 0.1)),
             int(num_steps if num_steps is not None else saved.get("num_steps", 3)))
+
+
+def saved_energy_floor(metadata: dict, layers) -> Optional[dict]:
+    """{layer: energy floor} chosen with the EBMs (see `Steering(energy_floor=...)`), or None."""
+    floors = (metadata.get("steer") or {}).get("energy_floor")
+    if not floors:
+        return None
+    missing = [layer for layer in layers if str(layer) not in floors]
+    if missing:
+        raise ValueError(f"the saved energy floor covers layers {sorted(floors)}, not {missing}")
+    return {int(layer): float(floors[str(layer)]) for layer in layers}

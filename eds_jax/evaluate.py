@@ -50,6 +50,7 @@ flags.DEFINE_string("ebms", None, "EBM directory (train_ebm.py's WORKDIR/ebms); 
                     "as the default --vector_layers")
 flags.DEFINE_float("eta", None, "EDS step size (default: the EBM directory's metadata)")
 flags.DEFINE_integer("num_steps", None, "EDS steps per token (default: the EBM directory's metadata)")
+flags.DEFINE_bool("no_energy_floor", False, "ignore the energy floor saved with the EBMs (step every row)")
 flags.DEFINE_list("methods", list(METHODS), f"any of {', '.join(METHODS)}")
 flags.DEFINE_list("benign_sets", [f"orbh_test={_shared('splits/or_bench_hard_test.json')}",
                                   f"xstest_safe={_shared('splits/xstest_safe_val.json')}",
@@ -151,7 +152,7 @@ def build_methods(pre, methods: Sequence[str], ebms: dict, metadata: dict, syste
     import eds_jax
     from eds_jax.collect import last_token_activations
     from eds_jax.data import load_prompts, load_prompts_with
-    from eds_jax.ebm_io import steering_settings
+    from eds_jax.ebm_io import saved_energy_floor, steering_settings
     from eds_jax import vectors
 
     unknown = [m for m in methods if m not in METHODS]
@@ -164,8 +165,10 @@ def build_methods(pre, methods: Sequence[str], ebms: dict, metadata: dict, syste
         interventions["baseline"], described["baseline"] = None, {}
     if "eds" in methods:
         eta, steps = steering_settings(metadata, FLAGS.eta, FLAGS.num_steps)
-        interventions["eds"] = eds_jax.Steering(ebms, eta=eta, num_steps=steps)
+        floor = None if FLAGS.no_energy_floor else saved_energy_floor(metadata, sorted(ebms))
+        interventions["eds"] = eds_jax.Steering(ebms, eta=eta, num_steps=steps, energy_floor=floor)
         described["eds"] = {"layers": sorted(ebms), "eta": float(eta), "num_steps": int(steps),
+                            "energy_floor": floor,
                             "ebms": FLAGS.ebms, "chosen_on_validation": FLAGS.eta is None
                             and "sweep" in metadata}
     vector_methods = [m for m in methods if m in ("actadd", "ablation", "safesteer")]

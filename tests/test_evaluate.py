@@ -154,7 +154,8 @@ def test_evaluate_cli_writes_table_json_png(tmp_path, tiny_chat_model):
     # what train_ebm.py records: the deployment's system prompt, the judge, the validation sweep
     source = lambda path: {"path": path, "field": "", "limit": 0}
     eds_jax.save_ebms(str(tmp_path / "ebms"), ebms, {
-        "steer": {"eta": 2.0, "num_steps": 2}, "system": "Be careful.",
+        "steer": {"eta": 2.0, "num_steps": 2, "energy_floor": {"1": -1.5, "2": 0.25}},
+        "system": "Be careful.",
         "judge": {"fluency_threshold": 20.0, "refusal": "substring", "ngram": 4,
                   "max_repeated_fraction": 0.5},
         "sweep": {"benign": {"v": source(benign)}, "harmful": {"v": source(harmful)}, "seed": 0,
@@ -173,6 +174,7 @@ def test_evaluate_cli_writes_table_json_png(tmp_path, tiny_chat_model):
     report = json.loads((out / "results.json").read_text())
     assert set(report["sets"]) == {"mine", "bad"}
     assert report["methods"]["eds"]["layers"] == [1, 2] and report["methods"]["eds"]["eta"] == 2.0
+    assert report["methods"]["eds"]["energy_floor"] == {"1": -1.5, "2": 0.25}  # saved with the EBMs
     assert report["methods"]["safesteer"]["categories"] == ["a", "b"]
     assert report["system"] == "Be careful." and report["judge"]["fluency_threshold"] == 20.0
     for method in ("actadd", "safesteer"):  # coefficients chosen on the validation prompts

@@ -107,6 +107,7 @@ def test_train_ebm_end_to_end_then_steer_decode(tmp_path, tiny_chat_model):
     workdir = tmp_path / "run"
     args = ["--config=configs/tiny.py", f"--config.model.source={tiny_chat_model}", f"--workdir={workdir}",
             "--config.sweep.etas=(1.0,4.0)", "--config.sweep.max_new_tokens=4",
+            "--config.sweep.energy_floor_quantiles=(0.5,)",
             "--config.sweep.benign.prompts.limit=6", "--config.sweep.harmful.prompts.limit=6"]
     proc = run_script("train_ebm.py", *args)
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -121,11 +122,16 @@ def test_train_ebm_end_to_end_then_steer_decode(tmp_path, tiny_chat_model):
     # the deployment, the judge and the sweep travel with the EBMs
     assert meta["system"] == "Be careful." and meta["judge"]["fluency_threshold"] > 0
     table = meta["sweep"]["table"]
-    assert [r.get("eta") for r in table] == [None, 1.0, 4.0] and table[0]["benign_n"] == 6
-    assert meta["steer"]["eta"] == (0.0 if meta["sweep"]["chosen"] == "unsteered"
-                                    else [r for r in table if r["setting"] == meta["sweep"]["chosen"]][0]["eta"])
+    assert [r.get("eta") for r in table] == [None, 1.0, 4.0, 1.0, 4.0] and table[0]["benign_n"] == 6
+    assert [r.get("energy_floor_quantile") for r in table] == [None, None, None, 0.5, 0.5]
+    chosen = [r for r in table if r["setting"] == meta["sweep"]["chosen"]][0]
+    assert meta["steer"]["eta"] == (0.0 if meta["sweep"]["chosen"] == "unsteered" else chosen["eta"])
+    floor = meta["steer"]["energy_floor"]  # per layer, when the chosen row has one
+    assert (floor is not None) == ("energy_floor_quantile" in chosen)
+    if floor is not None:
+        assert sorted(int(k) for k in floor) == sorted(int(k) for k in ebms)
     swept = [json.loads(line) for line in (workdir / "sweep_responses.jsonl").read_text().splitlines()]
-    assert len(swept) == 3 * 12
+    assert len(swept) == 5 * 12
     out = tmp_path / "steered.jsonl"
     proc = run_script("steer_decode.py", f"--model={tiny_chat_model}", f"--ebms={workdir / 'ebms'}",
                       "--prompt=Hello there", "--max_new_tokens=6", f"--output={out}")
