@@ -126,13 +126,16 @@ def run_jax(spec):
             else:
                 flat[path] = (0.02 * jax.random.normal(jax.random.fold_in(key, i), s.shape, jnp.float32)).astype(dtype)
         pre = models.Pretrained(config, traverse_util.unflatten_dict(flat), None, dtype.name, "random")
-    # every length runs all its steps, as torch's min_new_tokens makes it: no early exit at EOS
-    pre = dataclasses.replace(pre, config=dataclasses.replace(pre.config, eos_token_ids=()))
     config = pre.config
     specs = _ebm_specs(spec, config.hidden_size)
     ebms = {layer: EBM.init(s, jax.random.PRNGKey(layer)) for layer, s in specs.items()}
     steering = eds_jax.Steering(ebms, eta=spec["eta"], num_steps=spec["steps"])
     ids, mask = _prompts(spec, pre.tokenizer, config.vocab_size, spec["batch"])
+    # every length runs all its steps, as torch's min_new_tokens makes it: no early exit at EOS
+    # (the tokenizer's EOS counts too, so it goes once the prompts are tokenised)
+    pre = dataclasses.replace(pre, tokenizer=None,
+                              config=dataclasses.replace(pre.config, eos_token_ids=()))
+    assert pre.eos_token_ids == ()
     weight_bytes = sum(x.size * x.dtype.itemsize for x in jax.tree_util.tree_leaves(pre.params))
 
     results = {"impl": "jax", "device": str(jax.devices()[0].device_kind), "batch": spec["batch"],
