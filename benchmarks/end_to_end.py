@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
 import sys
 import tempfile
 import time
@@ -24,6 +23,7 @@ from absl import app, flags
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
+from workers import report, run_worker  # noqa: E402  (benchmarks/, the script's own directory)
 SPLITS = os.path.join(os.path.dirname(ROOT), "shared", "data", "splits")
 
 flags.DEFINE_string("batch_sizes", "16,32", "batch sizes, comma-separated")
@@ -140,7 +140,7 @@ def main(argv):
     if FLAGS.worker:
         spec = json.loads(FLAGS.worker)
         result = run_torch(spec) if spec["impl"] == "torch" else run_jax(spec)
-        print("RESULT " + json.dumps(result), flush=True)
+        report(result)
         return
     layers = [int(x) for x in FLAGS.layers.split(",")]
     scratch = tempfile.mkdtemp(prefix="e2e_ebms_")
@@ -151,14 +151,7 @@ def main(argv):
     rows = []
     for batch in (int(b) for b in FLAGS.batch_sizes.split(",")):
         for impl in FLAGS.impls.split(","):
-            job = dict(spec, batch=batch, impl=impl)
-            proc = subprocess.run([sys.executable, __file__, "--worker", json.dumps(job)],
-                                  capture_output=True, text=True, env=env)
-            lines = [l for l in proc.stdout.splitlines() if l.startswith("RESULT ")]
-            if proc.returncode or not lines:
-                print(proc.stdout[-3000:], proc.stderr[-5000:], file=sys.stderr)
-                raise SystemExit(f"{impl} batch {batch} failed (exit {proc.returncode})")
-            rows.append(json.loads(lines[-1][len("RESULT "):]))
+            rows.append(run_worker(__file__, dict(spec, batch=batch, impl=impl), env))
             print(json.dumps({k: ({m: round(v, 2) for m, v in r.items() if m != "texts"}
                                   if isinstance(r, dict) else r) for k, r in rows[-1].items()}), flush=True)
     print_table(spec, rows)

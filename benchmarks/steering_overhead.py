@@ -15,7 +15,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import subprocess
 import sys
 import time
 
@@ -23,6 +22,7 @@ from absl import app, flags
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
+from workers import report, run_worker  # noqa: E402  (benchmarks/, the script's own directory)
 
 SETUPS = {
     # real model, real EBM shapes (simple + complex mixed), as issue #3 asks for CPU
@@ -233,7 +233,7 @@ def run_torch(spec):
 def _worker(spec_json):
     spec = json.loads(spec_json)
     result = run_jax(spec) if spec["impl"] == "jax" else run_torch(spec)
-    print("RESULT " + json.dumps(result), flush=True)
+    report(result)
 
 
 def main(argv):
@@ -249,14 +249,7 @@ def main(argv):
     rows = []
     for batch in spec["batch_sizes"]:
         for impl in FLAGS.impls.split(","):
-            job = dict(spec, batch=batch, impl=impl)
-            proc = subprocess.run([sys.executable, __file__, "--worker", json.dumps(job)],
-                                  capture_output=True, text=True, env=env)
-            lines = [l for l in proc.stdout.splitlines() if l.startswith("RESULT ")]
-            if proc.returncode or not lines:
-                print(proc.stdout[-3000:], proc.stderr[-5000:], file=sys.stderr)
-                raise SystemExit(f"{impl} batch {batch} failed (exit {proc.returncode})")
-            rows.append(json.loads(lines[-1][len("RESULT "):]))
+            rows.append(run_worker(__file__, dict(spec, batch=batch, impl=impl), env))
             print(json.dumps(rows[-1]), flush=True)
     print_table(spec, rows)
     if FLAGS.output:
