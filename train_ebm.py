@@ -77,12 +77,13 @@ def validation_prompts(cfg, training_prompts: set) -> tuple[list[str], list[str]
     return benign, harmful
 
 
-def energy_floors(layer_ebm, layers, activations, labels, quantile: float) -> dict:
-    """{layer: the `quantile` of the energies of the training good states at that layer}."""
+def energy_floors(ebms: dict, activations, labels, quantiles) -> dict:
+    """{q: {layer: the q-quantile of the energies of the training good states at that layer}}."""
     import numpy as np
     good = activations[np.asarray(labels) == 1]
-    return {int(layer): float(np.quantile(np.asarray(layer_ebm(layer).energy(good[:, layer])), quantile))
-            for layer in layers}
+    energies = {layer: np.asarray(ebm.energy(good[:, layer])) for layer, ebm in ebms.items()}
+    return {q: {int(layer): float(np.quantile(e, q)) for layer, e in energies.items()}
+            for q in quantiles}
 
 
 def choose_steering(cfg, pre, ranked: list[int], layer_ebm, validation: tuple[list, list],
@@ -106,8 +107,8 @@ def choose_steering(cfg, pre, ranked: list[int], layer_ebm, validation: tuple[li
     tops = tuple(int(x) for x in s.top_n_layers) or (int(cfg.steer.top_n_layers),)
     ebms = {layer: layer_ebm(layer) for layer in ranked[:max(tops)]}
     quantiles = [None] + [float(q) for q in s.energy_floor_quantiles]
-    floors = {q: None if q is None else energy_floors(layer_ebm, list(ebms), data.activations,
-                                                      data.labels, q) for q in quantiles}
+    floors = (energy_floors(ebms, data.activations, data.labels, quantiles[1:])
+              if quantiles[1:] else {})
     groups = [sweep_lib.SettingGroup(
         {"num_steps": steps, "layers": sorted(ranked[:n])} | ({} if q is None else {"energy_floor_quantile": q}),
         "eta", tuple(s.etas),

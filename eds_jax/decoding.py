@@ -16,7 +16,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from models.prefix_cache import SharedPrefix, bucket_length, split_shared_prefix
+from models.prefix_cache import SharedPrefix, bucket_length, pad_to_bucket, split_shared_prefix
 from models.pretrained import (Pretrained, apply_model, prefill_prefix, prefix_intervention,
                                prompt_positions, resolve_dtype)
 from models.sharding import gather_rows, pad_rows, shard_rows
@@ -41,13 +41,6 @@ class _DecodeState(NamedTuple):
     token: jax.Array  # [B] last emitted token
     position: jax.Array  # [B] RoPE position of `token`
     done: jax.Array  # [B] EOS already emitted
-
-
-def pad_to_bucket(ids: np.ndarray, mask: np.ndarray, pad_id: int, length: int):
-    """Left-pad a batch to `length` columns (padding is masked out, so outputs do not change)."""
-    pad = length - ids.shape[1]
-    return (np.pad(ids, ((0, 0), (pad, 0)), constant_values=pad_id).astype(np.int32),
-            np.pad(mask, ((0, 0), (pad, 0))).astype(np.int32))
 
 
 def chat_batches(pre: Pretrained, prompts: Sequence[str], system: Optional[str], batch_size: int,

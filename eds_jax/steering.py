@@ -49,6 +49,16 @@ def per_row_count(settings) -> Optional[int]:
     return counts.pop() if counts else None
 
 
+def per_layer_setting(name: str, value, layers, minimum: Optional[float] = None) -> dict:
+    """{layer: float32 setting} from one value for every layer or a {layer: value} mapping that
+    covers exactly `layers`; each value checked by `check_setting`."""
+    values = dict(value) if isinstance(value, Mapping) else {layer: value for layer in layers}
+    if set(values) != set(layers):
+        raise ValueError(f"per-layer {name} covers layers {sorted(values)}, but EBMs are for {layers}")
+    return {layer: jnp.asarray(check_setting(f"{name} for layer {layer}", values[layer], minimum),
+                               jnp.float32) for layer in layers}
+
+
 def take_per_row(setting, rows):
     return setting[jnp.asarray(rows)] if np.ndim(setting) == 1 else setting
 
@@ -86,20 +96,9 @@ class Steering:
         layers = sorted(int(layer) for layer in ebms)
         if any(layer < 0 for layer in layers):
             raise ValueError(f"steered layers must be >= 0, got {layers}")
-        etas = dict(eta) if isinstance(eta, Mapping) else {layer: eta for layer in layers}
-        if set(etas) != set(layers):
-            raise ValueError(f"per-layer eta covers layers {sorted(etas)}, but EBMs are for {layers}")
-        etas = {layer: check_setting(f"eta for layer {layer}", value, minimum=0.0)
-                for layer, value in etas.items()}
-        floors = None
-        if energy_floor is not None:
-            floors = (dict(energy_floor) if isinstance(energy_floor, Mapping)
-                      else {layer: energy_floor for layer in layers})
-            floors = {int(layer): value for layer, value in floors.items()}
-            if set(floors) != set(layers):
-                raise ValueError(f"energy_floor covers layers {sorted(floors)}, but EBMs are for {layers}")
-            floors = {layer: jnp.asarray(check_setting(f"energy_floor for layer {layer}", value),
-                                         jnp.float32) for layer, value in floors.items()}
+        etas = per_layer_setting("eta", eta, layers, minimum=0.0)
+        floors = (None if energy_floor is None else
+                  per_layer_setting("energy_floor", energy_floor, layers))
         check_setting("ortho_lambda", ortho_lambda)
         if int(num_steps) < 0:
             raise ValueError(f"num_steps must be >= 0, got {num_steps}")
@@ -110,7 +109,7 @@ class Steering:
         if tr and set(tr) != set(layers):
             raise ValueError(f"true-refusal EBMs cover layers {sorted(tr)}, but EBMs are for {layers}")
         self.ebms = {layer: ebms[layer] for layer in layers}
-        self.etas = {layer: jnp.asarray(etas[layer], jnp.float32) for layer in layers}
+        self.etas = etas
         self.energy_floors = floors
         self.true_refusal_ebms = {layer: tr[layer] for layer in layers} if tr else None
         self.ortho_lambda = jnp.float32(ortho_lambda)

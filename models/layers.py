@@ -108,16 +108,16 @@ class Attention(nn.Module):
         scores = jnp.where(visible[:, None, None], scores, _MASKED)
         if prefix is not None:
             prefix_k, prefix_v, prefix_mask = prefix
-            shared = prefix_k.shape[0] == 1
-            prefix_scores = (jnp.einsum("bkgtd,ksd->bkgts", q, prefix_k[0].astype(q.dtype),
-                                        preferred_element_type=jnp.float32) if shared else
-                             jnp.einsum("bkgtd,bksd->bkgts", q, prefix_k.astype(q.dtype),
-                                        preferred_element_type=jnp.float32)) * scale
+            # one row (shared by all: no batch axis, read once) or one per row
+            rows = "ksd" if prefix_k.shape[0] == 1 else "bksd"
+            prefix_k, prefix_v = ((prefix_k[0], prefix_v[0]) if rows == "ksd" else (prefix_k, prefix_v))
+            prefix_scores = jnp.einsum(f"bkgtd,{rows}->bkgts", q, prefix_k.astype(q.dtype),
+                                       preferred_element_type=jnp.float32) * scale
             prefix_scores = jnp.where(prefix_mask[:, None, None, None, :], prefix_scores, _MASKED)
             scores = jnp.concatenate([prefix_scores, scores], axis=-1)
         probs = jax.nn.softmax(scores, axis=-1)
         if prefix is not None:
-            prefix_probs, probs = jnp.split(probs, [prefix_k.shape[2]], axis=-1)
+            prefix_probs, probs = jnp.split(probs, [prefix_mask.shape[1]], axis=-1)
         if length == 1:  # accumulated in float32, like the matmul's accumulator
             out = jnp.sum(probs[:, :, :, 0, :, None] * cache_v[:, :, None].astype(jnp.float32),
                           axis=-2)[:, None]
@@ -125,11 +125,8 @@ class Attention(nn.Module):
             out = jnp.einsum("bkgts,bksd->btkgd", probs.astype(self.dtype), cache_v,
                              preferred_element_type=jnp.float32)
         if prefix is not None:
-            out = out + (jnp.einsum("bkgts,ksd->btkgd", prefix_probs.astype(self.dtype),
-                                    prefix_v[0].astype(self.dtype), preferred_element_type=jnp.float32)
-                         if shared else
-                         jnp.einsum("bkgts,bksd->btkgd", prefix_probs.astype(self.dtype),
-                                    prefix_v.astype(self.dtype), preferred_element_type=jnp.float32))
+            out = out + jnp.einsum(f"bkgts,{rows}->btkgd", prefix_probs.astype(self.dtype),
+                                   prefix_v.astype(self.dtype), preferred_element_type=jnp.float32)
         out = out.astype(self.dtype)
         out = out.reshape(batch, length, cfg.num_heads * cfg.head_dim)
         return dense(cfg.hidden_size, "o_proj", cfg.attention_bias)(out), (cache_k, cache_v)

@@ -1,5 +1,5 @@
-"""Shared-prefix KV reuse: length buckets, the split of a batch into a shared prefix and per-row
-suffixes, and the cache layout that puts them back together.
+"""Shared-prefix KV reuse: length buckets, left padding to a bucket, and the split of a batch into
+a shared prefix and per-row suffixes.
 
 Prompts behind one system prompt start with the same few hundred tokens. Their keys and values do
 not depend on what follows (attention is causal), so they are computed once, for one row, and
@@ -13,10 +13,9 @@ The shared prefix is read once per step for the whole batch, not once per row.
 """
 from __future__ import annotations
 
-from typing import NamedTuple, Optional
+from typing import NamedTuple
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 from models.transformer import KVCache
@@ -33,15 +32,18 @@ def bucket_length(length: int, minimum: int = MIN_BUCKET) -> int:
     return bucket
 
 
+def pad_to_bucket(ids: np.ndarray, mask: np.ndarray, pad_id: int, length: int):
+    """Left-pad a batch to `length` columns (padding is masked out, so outputs do not change)."""
+    pad = length - ids.shape[1]
+    return (np.pad(ids, ((0, 0), (pad, 0)), constant_values=pad_id).astype(np.int32),
+            np.pad(mask, ((0, 0), (pad, 0))).astype(np.int32))
+
+
 class SharedPrefix(NamedTuple):
     """The keys and values of a prompt prefix that every row of a batch starts with (a pytree)."""
     kv_cache: KVCache  # per layer (k, v), each [1 or B, Hkv, P_bucket, Dh]
     kv_mask: jax.Array  # bool [1 or B, P_bucket]: the prefix's real (not padding) slots
     length: jax.Array  # int32 []: real prefix tokens; the suffix's positions start here
-
-    @property
-    def slots(self) -> int:
-        return self.kv_mask.shape[1]
 
 
 def shared_prefix_length(ids: np.ndarray, mask: np.ndarray) -> int:

@@ -14,7 +14,7 @@ import numpy as np
 
 from models.checkpoint import CheckpointError, fill_params, iter_safetensors
 from models.config import ModelConfig, from_hf_config
-from models.prefix_cache import SharedPrefix, bucket_length
+from models.prefix_cache import SharedPrefix, bucket_length, pad_to_bucket
 from models.transformer import CausalLM, Intervention, TransformerOutput, init_kv_cache
 
 _DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
@@ -206,11 +206,8 @@ def prefill_prefix(pre: Pretrained, prefix_ids, intervention: Optional[Intervent
     prefix_ids = np.asarray(prefix_ids, np.int32)
     if prefix_ids.ndim != 1 or not prefix_ids.size:
         raise ValueError(f"prefix_ids must be a non-empty 1-D token array, got shape {prefix_ids.shape}")
-    slots = bucket_length(prefix_ids.size)
-    ids = np.full((rows, slots), pre.pad_token_id, np.int32)
-    ids[:, slots - prefix_ids.size:] = prefix_ids
-    mask = np.zeros((rows, slots), np.int32)
-    mask[:, slots - prefix_ids.size:] = 1
+    ids = np.repeat(prefix_ids[None], rows, axis=0)
+    ids, mask = pad_to_bucket(ids, np.ones_like(ids), pre.pad_token_id, bucket_length(prefix_ids.size))
     return _prefill_prefix(pre.params, ids, mask, intervention, config=pre.config, dtype=pre.dtype)
 
 
