@@ -19,6 +19,13 @@ chosen here by the same rule on the same validation prompts (`eds_jax.sweep`), u
 
 Outputs in --output_dir: results.md (the table, also printed), results.json, rates.png and
 responses.jsonl (one line per set, method and prompt).
+
+  python -m eds_jax.evaluate --rejudge=eval --output_dir=eval_rejudged
+
+judges the responses of an earlier run again with today's judge (its fluency threshold and refusal
+judge, unless --fluency_threshold / --judge say otherwise) and rewrites the table, JSON and plot,
+without generating: the stored NLLs are reused, and the model is loaded only to score responses
+that have none.
 """
 from __future__ import annotations
 
@@ -89,6 +96,8 @@ flags.DEFINE_list("safesteer_coeffs", ["-0.25", "-0.5", "-1", "-2"], "candidates
 flags.DEFINE_integer("bootstrap", 2000, "bootstrap resamples for the 95% intervals")
 flags.DEFINE_integer("seed", 0, "bootstrap seed")
 flags.DEFINE_string("output_dir", "eval", "where results.md/json, rates.png, responses.jsonl go")
+flags.DEFINE_string("rejudge", None, "an earlier run's output directory: judge its responses again "
+                    "instead of generating (no model needed unless some response has no stored NLL)")
 FLAGS = flags.FLAGS
 
 
@@ -236,10 +245,13 @@ def helpfulness_judge(metadata: dict):
 def run() -> dict:
     import models
     import eds_jax
-    from eds_jax import deployment, plots
-    from eds_jax.data import read_partial, write_jsonl, write_partial, write_text
-    from eds_jax.metrics import markdown_table, summarise
+    from eds_jax import deployment
+    from eds_jax.data import read_partial, write_partial
 
+    if os.path.exists(FLAGS.output_dir) and not os.path.isdir(FLAGS.output_dir):
+        raise app.UsageError(f"--output_dir={FLAGS.output_dir!r} is a file; expected a directory")
+    if FLAGS.rejudge:
+        return rejudge(FLAGS.rejudge)
     start = time.time()
     sets = (parse_sets(FLAGS.benign_sets, BENIGN, FLAGS.prompt_field, FLAGS.limit)
             + parse_sets(FLAGS.harmful_sets, HARMFUL, FLAGS.prompt_field, FLAGS.limit))
@@ -248,8 +260,6 @@ def run() -> dict:
     names = [s.name for s in sets]
     if len(set(names)) != len(names):
         raise app.UsageError(f"set names must be unique, got {names}")
-    if os.path.exists(FLAGS.output_dir) and not os.path.isdir(FLAGS.output_dir):
-        raise app.UsageError(f"--output_dir={FLAGS.output_dir!r} is a file; expected a directory")
     ebms, metadata = (eds_jax.load_ebms(FLAGS.ebms) if FLAGS.ebms else ({}, {}))
     judge = helpfulness_judge(metadata)
     system = deployment.system_for(metadata, FLAGS.system)
@@ -269,20 +279,15 @@ def run() -> dict:
     rows = read_partial(partial, run_key)
     if rows:
         print(f"resuming after {len(rows)} finished responses in {partial}")
-    outcomes, responses_by = {}, {}
-    for row in rows:
-        outcomes.setdefault((row["set"], row["method"]), []).append(row["outcome"])
-        responses_by.setdefault((row["set"], row["method"]), []).append(row["response"])
+    finished = {(row["set"], row["method"]) for row in rows}
     for s in sets:
         for method, intervention in interventions.items():
-            if (s.name, method) in outcomes:
+            if (s.name, method) in finished:
                 continue
             responses = eds_jax.generate_text(pre, s.prompts, steering=intervention, system=system,
                                               max_new_tokens=FLAGS.max_new_tokens,
                                               batch_size=FLAGS.batch_size, progress=True)
             judged = judge.judge(pre, s.prompts, responses, FLAGS.batch_size)
-            outcomes[(s.name, method)] = judged.outcomes
-            responses_by[(s.name, method)] = responses
             rows += [{"set": s.name, "kind": s.kind, "method": method, "prompt": p, "response": r,
                       "outcome": o, "nll": None if not np.isfinite(x) else round(float(x), 4)}
                      for p, r, o, x in zip(s.prompts, responses, judged.outcomes, judged.nll)]
@@ -290,23 +295,80 @@ def run() -> dict:
             logging.info("%s / %s: %s", s.name, method, judged.rates())
     # the order of a run that was never interrupted
     order = [(s.name, m) for s in sets for m in interventions]
-    outcomes = {key: outcomes[key] for key in order}
-    responses_by = {key: responses_by[key] for key in order}
     rows = sorted(rows, key=lambda r: order.index((r["set"], r["method"])))
+    report = write_report(sets, rows, {"model": pre.source, "judge": judge.to_dict(),
+                                       "max_new_tokens": FLAGS.max_new_tokens, "system": system,
+                                       "methods": described}, start)
+    os.remove(partial)  # everything is in responses.jsonl now
+    return report
+
+
+def write_report(sets: Sequence[EvalSet], rows: list[dict], header: dict, start: float) -> dict:
+    """Tables, JSON, plot and responses.jsonl in --output_dir from `rows` (one per set, method and
+    prompt, in run order); `header` leads results.json."""
+    from eds_jax import plots
+    from eds_jax.data import write_jsonl, write_text
+    from eds_jax.metrics import markdown_table, summarise
+
+    outcomes, responses_by = {}, {}
+    for row in rows:
+        outcomes.setdefault((row["set"], row["method"]), []).append(row["outcome"])
+        responses_by.setdefault((row["set"], row["method"]), []).append(row["response"])
     results = summarise(sets, outcomes, responses_by, FLAGS.bootstrap, FLAGS.seed)
     table = markdown_table(results)
-    report = {"model": pre.source, "judge": judge.to_dict(), "max_new_tokens": FLAGS.max_new_tokens,
-              "system": system, "methods": described, "sets": results,
-              "wall_time_s": round(time.time() - start, 1)}
+    report = header | {"sets": results, "wall_time_s": round(time.time() - start, 1)}
     os.makedirs(FLAGS.output_dir, exist_ok=True)
     write_jsonl(os.path.join(FLAGS.output_dir, "responses.jsonl"), rows)
     write_text(os.path.join(FLAGS.output_dir, "results.json"), json.dumps(report, indent=2))
     write_text(os.path.join(FLAGS.output_dir, "results.md"), table + "\n")
     plots.plot_eval_rates(os.path.join(FLAGS.output_dir, "rates.png"), results)
-    os.remove(partial)  # everything is in responses.jsonl now
     print(table)
-    print(f"judge: {judge.to_dict()}; outputs in {FLAGS.output_dir}; wall time {report['wall_time_s']:.0f} s")
+    print(f"judge: {report['judge']}; outputs in {FLAGS.output_dir}; wall time {report['wall_time_s']:.0f} s")
     return report
+
+
+def rejudge(directory: str) -> dict:
+    """--rejudge: the responses of the run in `directory`, judged again, into --output_dir."""
+    from eds_jax.outcomes import HelpfulnessJudge
+    from eds_jax.judge import get_judge
+
+    start = time.time()
+    paths = {name: os.path.join(directory, name) for name in ("results.json", "responses.jsonl")}
+    for path in paths.values():
+        if not os.path.isfile(path):
+            raise app.UsageError(f"--rejudge={directory!r} has no {os.path.basename(path)}; expected "
+                                 "an output directory of python -m eds_jax.evaluate")
+    with open(paths["results.json"]) as f:
+        earlier = json.load(f)
+    header = {k: v for k, v in earlier.items() if k not in ("sets", "wall_time_s")}
+    with open(paths["responses.jsonl"]) as f:
+        rows = [json.loads(line) for line in f if line.strip()]
+    judge = HelpfulnessJudge.from_dict(
+        header["judge"]
+        | ({} if FLAGS.fluency_threshold is None else {"fluency_threshold": FLAGS.fluency_threshold})
+        | ({} if FLAGS.judge is None else {"refusal": FLAGS.judge}))
+    refuse = get_judge(judge.refusal)
+    unscored = [i for i, r in enumerate(rows) if r["nll"] is None and r["response"].strip()
+                and not refuse(r["response"])]
+    if unscored:  # only a change of refusal judge leaves non-refusals without a fluency score
+        import models
+        from eds_jax.outcomes import response_nll
+        pre = models.load_pretrained(header["model"], dtype=FLAGS.dtype)
+        nll = response_nll(pre, [rows[i]["prompt"] for i in unscored],
+                           [rows[i]["response"] for i in unscored], FLAGS.batch_size, progress=True)
+        for i, x in zip(unscored, nll):
+            rows[i]["nll"] = None if not np.isfinite(x) else round(float(x), 4)
+    changed = 0
+    for row in rows:
+        outcome = judge.classify(row["response"], np.nan if row["nll"] is None else row["nll"])
+        changed += outcome != row["outcome"]
+        row["outcome"] = outcome
+    kinds = {row["set"]: row["kind"] for row in rows}  # in run order
+    sets = [EvalSet(name, kind, earlier["sets"].get(name, {}).get("path", ""), [])
+            for name, kind in kinds.items()]
+    print(f"re-judged {len(rows)} responses from {directory}: {changed} outcomes changed")
+    return write_report(sets, rows, header | {"judge": judge.to_dict(), "rejudged_from": directory,
+                                              "outcomes_changed": changed}, start)
 
 
 if __name__ == "__main__":

@@ -206,7 +206,7 @@ def test_evaluate_cli_writes_table_json_png(tmp_path, tiny_chat_model):
     assert not (tmp_path / "none").exists()
 
 
-def test_killed_evaluate_resumes_to_the_same_results(tmp_path, tiny_chat_model):
+def test_killed_evaluate_resumes_to_the_same_results_and_rejudges(tmp_path, tiny_chat_model):
     ebms = {layer: EBM.init(EBMSpec.simple(64, 16), jax.random.PRNGKey(layer)) for layer in (1, 2)}
     eds_jax.save_ebms(str(tmp_path / "ebms"), ebms, {"steer": {"eta": 2.0, "num_steps": 2}})
     benign, harmful = tmp_path / "benign.txt", tmp_path / "harmful.txt"
@@ -234,3 +234,29 @@ def test_killed_evaluate_resumes_to_the_same_results(tmp_path, tiny_chat_model):
     (tmp_path / "a_file").write_text("x")
     bad = subprocess.run(command(tmp_path / "a_file"), capture_output=True, text=True, cwd=ROOT)
     assert bad.returncode != 0 and "is a file; expected a directory" in bad.stderr
+
+    # --rejudge: the same judge gives the same results without generating (no --model given)
+    def rejudge(source, out, *flags):
+        return subprocess.run([sys.executable, "-m", "eds_jax.evaluate", f"--rejudge={source}",
+                               "--bootstrap=100", f"--output_dir={out}", *flags],
+                              capture_output=True, text=True, cwd=ROOT)
+    same = rejudge(whole, tmp_path / "same")
+    assert same.returncode == 0, same.stderr[-2000:]
+    assert "0 outcomes changed" in same.stdout
+    assert (json.loads((tmp_path / "same" / "results.json").read_text())["sets"]
+            == json.loads((whole / "results.json").read_text())["sets"])
+    # a threshold below every stored NLL: every non-refusal becomes incoherent
+    rows = [json.loads(line) for line in (whole / "responses.jsonl").read_text().splitlines()]
+    strict = rejudge(whole, tmp_path / "strict", "--fluency_threshold=1e-6")
+    assert strict.returncode == 0, strict.stderr[-2000:]
+    rejudged = [json.loads(line) for line in (tmp_path / "strict" / "responses.jsonl").read_text().splitlines()]
+    assert [r["response"] for r in rejudged] == [r["response"] for r in rows]
+    assert [r["outcome"] for r in rejudged] == [
+        "refusal" if r["outcome"] == "refusal" else "incoherent" for r in rows]
+    changed = sum(r["outcome"] == "helpful" for r in rows)
+    assert changed > 0  # the stored run has answers to turn incoherent
+    assert f"{changed} outcomes changed" in strict.stdout
+    report = json.loads((tmp_path / "strict" / "results.json").read_text())
+    assert report["rejudged_from"] == str(whole) and report["judge"]["fluency_threshold"] == 1e-6
+    missing = rejudge(tmp_path / "none_here", tmp_path / "x")
+    assert missing.returncode != 0 and "has no results.json" in missing.stderr
