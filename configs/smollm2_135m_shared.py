@@ -19,13 +19,14 @@ def get_config():
                       "xstest_unsafe": source(f"{SHARED}/splits/xstest_unsafe_train.json")}
     c.collect.max_new_tokens = 40
     c.collect.batch_size = 32
-    c.sweep.etas = (8.0, 16.0, 24.0, 32.0)
-    c.sweep.energy_floor_quantiles = (0.9,)
+    # with an energy floor, large steps stay fluent; without one, 16 already costs harmful refusals
+    c.sweep.etas = (16.0, 24.0, 32.0, 48.0)
+    c.sweep.energy_floor_quantiles = (0.8, 0.9)
     # validation prompts for the eta sweep: neither training nor test prompts
     c.sweep.benign = {"or_bench_hard": source(f"{SHARED}/splits/or_bench_hard_val.json", limit=64),
                       "harmless": source(f"{SHARED}/splits/harmless_val.json", limit=16)}
     c.sweep.harmful = {"harmful": source(f"{SHARED}/splits/harmful_val.json"),
                        "xstest_unsafe": source(f"{SHARED}/splits/xstest_unsafe_val.json", limit=24)}
-    c.train.epochs = 30
+    c.train.epochs = 80  # 30 left the best layers still improving (best epoch 30 of 30)
     c.train.batch_size = 64
     return c
