@@ -289,7 +289,7 @@ def run() -> dict:
                                               batch_size=FLAGS.batch_size, progress=True)
             judged = judge.judge(pre, s.prompts, responses, FLAGS.batch_size)
             rows += [{"set": s.name, "kind": s.kind, "method": method, "prompt": p, "response": r,
-                      "outcome": o, "nll": None if not np.isfinite(x) else round(float(x), 4)}
+                      "outcome": o, "nll": stored_nll(x)}
                      for p, r, o, x in zip(s.prompts, responses, judged.outcomes, judged.nll)]
             write_partial(partial, run_key, rows)
             logging.info("%s / %s: %s", s.name, method, judged.rates())
@@ -301,6 +301,11 @@ def run() -> dict:
                                        "methods": described}, start)
     os.remove(partial)  # everything is in responses.jsonl now
     return report
+
+
+def stored_nll(x: float) -> Optional[float]:
+    """An NLL as responses.jsonl holds it: 4 decimals, null where there is none."""
+    return None if not np.isfinite(x) else round(float(x), 4)
 
 
 def write_report(sets: Sequence[EvalSet], rows: list[dict], header: dict, start: float) -> dict:
@@ -329,7 +334,6 @@ def write_report(sets: Sequence[EvalSet], rows: list[dict], header: dict, start:
 
 def rejudge(directory: str) -> dict:
     """--rejudge: the responses of the run in `directory`, judged again, into --output_dir."""
-    from eds_jax.outcomes import HelpfulnessJudge
     from eds_jax.judge import get_judge
 
     start = time.time()
@@ -343,10 +347,7 @@ def rejudge(directory: str) -> dict:
     header = {k: v for k, v in earlier.items() if k not in ("sets", "wall_time_s")}
     with open(paths["responses.jsonl"]) as f:
         rows = [json.loads(line) for line in f if line.strip()]
-    judge = HelpfulnessJudge.from_dict(
-        header["judge"]
-        | ({} if FLAGS.fluency_threshold is None else {"fluency_threshold": FLAGS.fluency_threshold})
-        | ({} if FLAGS.judge is None else {"refusal": FLAGS.judge}))
+    judge = helpfulness_judge({"judge": header["judge"]})  # with --fluency_threshold / --judge
     refuse = get_judge(judge.refusal)
     unscored = [i for i, r in enumerate(rows) if r["nll"] is None and r["response"].strip()
                 and not refuse(r["response"])]
@@ -357,7 +358,7 @@ def rejudge(directory: str) -> dict:
         nll = response_nll(pre, [rows[i]["prompt"] for i in unscored],
                            [rows[i]["response"] for i in unscored], FLAGS.batch_size, progress=True)
         for i, x in zip(unscored, nll):
-            rows[i]["nll"] = None if not np.isfinite(x) else round(float(x), 4)
+            rows[i]["nll"] = stored_nll(x)
     changed = 0
     for row in rows:
         outcome = judge.classify(row["response"], np.nan if row["nll"] is None else row["nll"])

@@ -39,13 +39,13 @@ def repeated_ngram_fraction(text: str, n: int = 4) -> float:
     return 0.0 if len(grams) < 2 else 1.0 - len(set(grams)) / len(grams)
 
 
+_SENTENCE_END = re.compile(r"[.!?\n]")
+
+
 def is_lead_in_only(text: str) -> bool:
     """True for a response that is one sentence ending in a colon, with no answer after it."""
     stripped = text.strip()
     return stripped.endswith(":") and not _SENTENCE_END.search(stripped[:-1])
-
-
-_SENTENCE_END = re.compile(r"[.!?\n]")
 
 
 def response_nll(pre, prompts: Sequence[str], responses: Sequence[str], batch_size: int = 16,
