@@ -98,11 +98,9 @@ def decode_rows(pre, prompts, steering, system, options, offset: int) -> list[di
              "energy_after": None, "system": system} for p, b in zip(prompts, baseline)]
     if steering is None:
         return rows
-    steered, outputs = eds_jax.generate_text(pre, prompts, steering=steering, system=system,
-                                             return_outputs=True, **options)
-    before = np.concatenate([np.asarray(o.energies) for o in outputs])
-    after = np.concatenate([np.asarray(o.energies_after) for o in outputs])
-    lengths = np.concatenate([np.asarray(o.lengths) for o in outputs])
+    steered, output = eds_jax.generate_text(pre, prompts, steering=steering, system=system,
+                                            return_outputs=True, **options)
+    before, after, lengths = output.energies, output.energies_after, output.lengths
     for i, row in enumerate(rows):  # energies are NaN after EOS by design, finite before it
         if not (np.isfinite(before[i, :lengths[i]]).all() and np.isfinite(after[i, :lengths[i]]).all()):
             raise ValueError(f"steering gave non-finite energies for prompt {offset + i} "

@@ -71,19 +71,21 @@ def read_sources(sources, seed: int) -> list[str]:
 
 def last_token_activations(pre, prompts: Sequence[str], system: Optional[str], batch_size: int,
                            progress: bool = True, batch_sharding=None,
-                           reuse_prefix: bool = True) -> np.ndarray:
+                           reuse_prefix: bool = True, by_length: bool = True) -> np.ndarray:
     """[N, L, D] float32: the input of every block at the last prompt token, one forward per batch.
 
     With `batch_sharding`, each batch's rows are split over the mesh's data axis (and processes).
     `reuse_prefix`: a prompt prefix shared by a batch (the system turn) runs once, not per row.
+    `by_length`: prompts of similar token counts share a batch (less padding); rows come back in
+    prompt order either way.
     """
     import jax.numpy as jnp
     import models
     from models.sharding import gather_rows, pad_rows, shard_rows
-    chunks = []
-    for index, (ids, mask) in enumerate(chat_batches(pre, prompts, system, batch_size, "activations",
-                                                     progress)):
-        rows = ids.shape[0]
+    activations = np.zeros((len(prompts), pre.config.num_layers, pre.config.hidden_size), np.float32)
+    for index, (rows, ids, mask) in enumerate(chat_batches(pre, prompts, system, batch_size,
+                                                           "activations", progress, by_length)):
+        count = ids.shape[0]
         if index > 0:  # a short last batch reuses the full batches' compile
             ids, mask = pad_rows((ids, mask), batch_size)
         split = models.split_shared_prefix(ids, mask) if reuse_prefix else None
@@ -98,8 +100,8 @@ def last_token_activations(pre, prompts: Sequence[str], system: Optional[str], b
         out = models.forward(pre, ids, mask, output_hidden_states=True, output_logits=False,
                              prefix=prefix)
         last = jnp.stack([h[:, -1] for h in out.hidden_states[:pre.config.num_layers]], axis=1)
-        chunks.append(gather_rows(last.astype(jnp.float32))[:rows])
-    return np.concatenate(chunks)
+        activations[rows] = np.asarray(gather_rows(last.astype(jnp.float32)))[:count]
+    return activations
 
 
 def _fingerprint(pre, prompts, kinds, collect_config) -> str:

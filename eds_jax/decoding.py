@@ -43,22 +43,45 @@ class _DecodeState(NamedTuple):
     done: jax.Array  # [B] EOS already emitted
 
 
+def left_pad(sequences: Sequence[Sequence[int]], pad_id: int) -> tuple[np.ndarray, np.ndarray]:
+    """int32 (ids, mask) [N, longest]: token lists left-padded to the longest one."""
+    width = max(len(s) for s in sequences)
+    ids = np.full((len(sequences), width), pad_id, np.int32)
+    mask = np.zeros((len(sequences), width), np.int32)
+    for i, sequence in enumerate(sequences):
+        if len(sequence):
+            ids[i, width - len(sequence):] = sequence
+            mask[i, width - len(sequence):] = 1
+    return ids, mask
+
+
+def length_batches(lengths: Sequence[int], batch_size: int, by_length: bool = True) -> list[np.ndarray]:
+    """Batches of indices into `lengths`. by_length: in order of length (stable), so each batch
+    holds items of similar length and pads little; otherwise in the given order."""
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    order = (np.argsort(np.asarray(lengths), kind="stable") if by_length
+             else np.arange(len(lengths)))
+    return [order[start:start + batch_size] for start in range(0, len(order), batch_size)]
+
+
 def chat_batches(pre: Pretrained, prompts: Sequence[str], system: Optional[str], batch_size: int,
-                 desc: str, progress: bool):
-    """Chat-templated, left-padded token batches of `prompts`: yields (ids, mask) numpy arrays."""
+                 desc: str, progress: bool, by_length: bool = True):
+    """Chat-templated, left-padded token batches of `prompts`: yields (rows, ids, mask), numpy
+    arrays, `rows` the indices of the batch's prompts. by_length: prompts of similar token counts
+    share a batch (see `length_batches`); callers put results back in place with `rows`."""
     if isinstance(prompts, str):
         raise ValueError("prompts must be a list of strings, got one string")
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-    texts = chat_prompts(pre.tokenizer, prompts, system)
-    starts = range(0, len(texts), batch_size)
+    encoded = [pre.tokenizer(text, add_special_tokens=False)["input_ids"]
+               for text in chat_prompts(pre.tokenizer, prompts, system)]
+    batches = length_batches([len(e) for e in encoded], batch_size, by_length)
     if progress:
         from tqdm.auto import tqdm
-        starts = tqdm(starts, desc=desc, unit="batch")
-    for start in starts:
-        enc = pre.tokenizer(texts[start:start + batch_size], return_tensors="np", padding=True,
-                            add_special_tokens=False)
-        yield enc["input_ids"], enc["attention_mask"]
+        batches = tqdm(batches, desc=desc, unit="batch")
+    for rows in batches:
+        yield (rows,) + left_pad([encoded[i] for i in rows], pre.pad_token_id)
 
 
 def _choose(logits, key, temperature, top_p, sample: bool):
@@ -242,35 +265,45 @@ def generate_text(pre: Pretrained, prompts: Sequence[str], steering: Optional[St
                   system: Optional[str] = None, max_new_tokens: int = 64, batch_size: int = 16,
                   temperature: float = 0.0, top_p: float = 1.0, seed: int = 0,
                   return_outputs: bool = False, progress: bool = False, batch_sharding=None,
-                  reuse_prefix: bool = True):
+                  reuse_prefix: bool = True, by_length: bool = True):
     """Chat-template, left-pad and batch `prompts`; return the decoded new text of each.
 
-    With return_outputs=True, also return the per-batch `GenerationOutput`s. `batch_sharding`
-    (see `steered_generate`) splits each batch's rows over devices and processes. A steering with
-    per-row settings (e.g. `Steering(eta=array)`) holds one setting per prompt. `reuse_prefix`:
-    see `steered_generate` (a system prompt is prefilled once per batch, not once per row).
+    With return_outputs=True, also return one `GenerationOutput` whose rows follow `prompts`.
+    `batch_sharding` (see `steered_generate`) splits each batch's rows over devices and processes.
+    A steering with per-row settings (e.g. `Steering(eta=array)`) holds one setting per prompt.
+    `reuse_prefix`: see `steered_generate` (a system prompt is prefilled once per batch, not once
+    per row). `by_length`: prompts of similar token counts share a batch, so less of each batch is
+    padding; greedy texts are those of batches in the given order.
     """
     per_row = steering.batch_rows if steering is not None else None
     if per_row is not None and per_row != len(prompts):
         raise ValueError(f"steering has per-row settings for {per_row} rows, but {len(prompts)} "
                          "prompts were given")
-    responses, outputs = [], []
-    batches = chat_batches(pre, prompts, system, batch_size, "generate", progress)
-    for index, (ids, mask) in enumerate(batches):
-        rows = ids.shape[0]
+    responses, outputs, order = [None] * len(prompts), [], []
+    batches = chat_batches(pre, prompts, system, batch_size, "generate", progress, by_length)
+    for index, (rows, ids, mask) in enumerate(batches):
+        count = ids.shape[0]
         if index > 0:  # a short last batch reuses the full batches' compile
             ids, mask = pad_rows((ids, mask), batch_size)
         # this batch's prompts, the last one repeated like the padded rows
         batch_steering = steering
         if per_row is not None:
-            batch_steering = steering.take_rows(
-                index * batch_size + np.minimum(np.arange(ids.shape[0]), rows - 1))
+            batch_steering = steering.take_rows(rows[np.minimum(np.arange(ids.shape[0]), count - 1)])
         out = steered_generate(pre, ids, mask, steering=batch_steering, max_new_tokens=max_new_tokens,
                                temperature=temperature, top_p=top_p, seed=seed + index * batch_size,
                                batch_sharding=batch_sharding, reuse_prefix=reuse_prefix)
-        out = jax.tree_util.tree_map(lambda a: a[:rows], out)
+        out = jax.tree_util.tree_map(lambda a: a[:count], out)
         tokens, lengths = np.asarray(out.tokens), np.asarray(out.lengths)
-        responses += [pre.tokenizer.decode(row[:n], skip_special_tokens=True)
-                      for row, n in zip(tokens, lengths)]
+        for i, row, n in zip(rows, tokens, lengths):
+            responses[i] = pre.tokenizer.decode(row[:n], skip_special_tokens=True)
         outputs.append(out)
-    return (responses, outputs) if return_outputs else responses
+        order.append(rows)
+    if not return_outputs:
+        return responses
+    if not outputs:
+        return responses, None
+    # rows back in prompt order
+    inverse = np.argsort(np.concatenate(order))
+    merged = jax.tree_util.tree_map(lambda *parts: np.concatenate([np.asarray(p) for p in parts])[inverse],
+                                    *outputs)
+    return responses, merged

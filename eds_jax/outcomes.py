@@ -54,7 +54,7 @@ def response_nll(pre, prompts: Sequence[str], responses: Sequence[str], batch_si
     model, given its prompt through the chat template without a system prompt. NaN when empty."""
     import models
     from models.sharding import pad_rows
-    from eds_jax.decoding import bucket_length, chat_prompts, pad_to_bucket
+    from eds_jax.decoding import bucket_length, chat_prompts, left_pad, length_batches, pad_to_bucket
 
     if len(prompts) != len(responses):
         raise ValueError(f"{len(prompts)} prompts but {len(responses)} responses")
@@ -65,25 +65,21 @@ def response_nll(pre, prompts: Sequence[str], responses: Sequence[str], batch_si
     rows = [(tokenizer(c, add_special_tokens=False)["input_ids"],
              tokenizer(r, add_special_tokens=False)["input_ids"]) for c, r in zip(contexts, responses)]
     nll = np.full(len(rows), np.nan)
-    starts = range(0, len(rows), batch_size)
+    # responses of similar total length share a batch: less padding
+    batches = length_batches([len(c) + len(r) for c, r in rows], batch_size)
     if progress:
         from tqdm.auto import tqdm
-        starts = tqdm(starts, desc="fluency", unit="batch")
-    for start in starts:
-        chunk = rows[start:start + batch_size]
-        width = max(len(c) + len(r) for c, r in chunk)
-        ids = np.full((len(chunk), width), pre.pad_token_id, np.int32)
-        mask = np.zeros((len(chunk), width), np.int32)
-        for i, (c, r) in enumerate(chunk):
-            ids[i, width - len(c) - len(r):] = c + r
-            mask[i, width - len(c) - len(r):] = 1
-        ids, mask = pad_to_bucket(ids, mask, pre.pad_token_id, bucket_length(width))
+        batches = tqdm(batches, desc="fluency", unit="batch")
+    for batch in batches:
+        chunk = [rows[i] for i in batch]
+        ids, mask = left_pad([c + r for c, r in chunk], pre.pad_token_id)
+        ids, mask = pad_to_bucket(ids, mask, pre.pad_token_id, bucket_length(ids.shape[1]))
         ids, mask = pad_rows((ids, mask), batch_size)  # one compile per length bucket
         last = min(-(-max(len(r) for _, r in chunk) // 16) * 16, ids.shape[1] - 1)  # few compiles
         logprobs = np.asarray(models.next_token_logprobs(pre, ids, mask, last=max(last, 1)))
-        for i, (_, r) in enumerate(chunk):
+        for j, (i, (_, r)) in enumerate(zip(batch, chunk)):
             if r:  # the last len(r) targets are the response's tokens
-                nll[start + i] = -float(np.mean(logprobs[i, -len(r):]))
+                nll[i] = -float(np.mean(logprobs[j, -len(r):]))
     return nll
 
 

@@ -159,8 +159,43 @@ def test_prefix_reuse_on_smollm2_behind_the_system_prompt(smollm2):
         reused, out = eds_jax.generate_text(smollm2, prompts, steering=s, system=system, max_new_tokens=24,
                                             batch_size=5, return_outputs=True)
         assert reused == full
-        np.testing.assert_array_equal(np.asarray(out[0].tokens), np.asarray(full_out[0].tokens))
+        np.testing.assert_array_equal(out.tokens, full_out.tokens)
     full = last_token_activations(smollm2, prompts, system, 5, progress=False, reuse_prefix=False)
     reused = last_token_activations(smollm2, prompts, system, 5, progress=False)
     error = np.linalg.norm(reused - full, axis=-1) / np.linalg.norm(full, axis=-1)
+    assert error.max() <= 1e-5
+
+
+def test_length_batches_and_left_pad():
+    assert [b.tolist() for b in decoding.length_batches([5, 1, 3, 1, 2], 2)] == [[1, 3], [4, 2], [0]]
+    assert [b.tolist() for b in decoding.length_batches([5, 1, 3], 2, by_length=False)] == [[0, 1], [2]]
+    ids, mask = decoding.left_pad([[7, 8, 9], [4], []], pad_id=0)
+    np.testing.assert_array_equal(ids, [[7, 8, 9], [0, 0, 4], [0, 0, 0]])
+    np.testing.assert_array_equal(mask, [[1, 1, 1], [0, 0, 1], [0, 0, 0]])
+    with pytest.raises(ValueError, match="batch_size must be >= 1, got 0"):
+        decoding.length_batches([1], 0)
+
+
+def test_batches_by_length_give_the_texts_and_rows_of_batches_in_order(smollm2):
+    """Sorting prompts by length changes which prompts share a batch, not what any prompt gets:
+    greedy texts, tokens, energies (per-row eta following its prompt) and activations in prompt
+    order equal those of batches in the given order."""
+    prompts = ["Why?", "Explain, step by step and with an example, how a refrigerator keeps food cold.",
+               "What is 2 + 2?", "How do I kill a Python process that ignores Ctrl-C on Linux?",
+               "Name a colour.", "Write two sentences about the history of the printing press in Europe."]
+    system = deployment.OVER_CAUTIOUS_SYSTEM
+    steering = Steering(random_ebms((10, 20), smollm2.config.hidden_size),
+                        eta=np.array([0.0, 4.0, 8.0, 2.0, 6.0, 0.0]), num_steps=2)
+    given, given_out = eds_jax.generate_text(smollm2, prompts, steering=steering, system=system,
+                                             max_new_tokens=12, batch_size=3, by_length=False,
+                                             return_outputs=True)
+    sorted_, sorted_out = eds_jax.generate_text(smollm2, prompts, steering=steering, system=system,
+                                                max_new_tokens=12, batch_size=3, return_outputs=True)
+    assert sorted_ == given
+    np.testing.assert_array_equal(sorted_out.tokens, given_out.tokens)
+    np.testing.assert_array_equal(sorted_out.lengths, given_out.lengths)
+    np.testing.assert_allclose(sorted_out.energies, given_out.energies, rtol=1e-5, atol=1e-5)
+    given = last_token_activations(smollm2, prompts, system, 3, progress=False, by_length=False)
+    sorted_ = last_token_activations(smollm2, prompts, system, 3, progress=False)
+    error = np.linalg.norm(sorted_ - given, axis=-1) / np.linalg.norm(given, axis=-1)
     assert error.max() <= 1e-5
