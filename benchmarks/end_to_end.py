@@ -7,9 +7,11 @@ Prompts: the first 96 OR-Bench-Hard validation prompts and the first 32 harmful 
 (../shared/data/splits), each behind `eds_jax.deployment.OVER_CAUTIOUS_SYSTEM`, greedy, stopping
 at EOS. Steering: 3 layers x 3 steps, EBM weights made once in PyTorch and loaded by both sides,
 so the two implementations steer with the same energies. Each implementation runs in its own
-subprocess. Timed: one warm-up pass over the whole set (compiles every bucket; its result is
-waited for), then the best of `--repeats` passes, from strings to decoded strings (tokenisation,
-prefill, decode, detokenisation). JAX runs with and without shared-prefix reuse.
+subprocess. `generate_text` batches prompts by length (jax_given_order: in the given order;
+jax_no_prefix: without shared-prefix reuse); torch_by_length gives transformers the same batches.
+Timed: one warm-up pass over the whole set (compiles every bucket; its result is waited for), then
+the best of `--repeats` passes, from strings to decoded strings (tokenisation, prefill, decode,
+detokenisation).
 """
 from __future__ import annotations
 
@@ -34,7 +36,10 @@ flags.DEFINE_integer("repeats", 2, "timed passes (best kept)")
 flags.DEFINE_string("layers", "6,14,22", "steered layers")
 flags.DEFINE_float("eta", 4.0, "steering step size")
 flags.DEFINE_integer("steps", 3, "steering steps")
-flags.DEFINE_string("impls", "jax,jax_no_prefix,torch", "implementations, comma-separated")
+flags.DEFINE_string("impls", "jax,jax_given_order,jax_no_prefix,torch,torch_by_length",
+                    "implementations, comma-separated: jax_given_order (by_length=False),"
+                    " jax_no_prefix (reuse_prefix=False), torch_by_length (transformers with batches "
+                    "of similar prompt lengths, as generate_text makes them)")
 flags.DEFINE_string("worker", "", "internal: run one measurement (json spec) and print json")
 flags.DEFINE_string("output", "", "also write the results as JSON here")
 FLAGS = flags.FLAGS
@@ -84,7 +89,8 @@ def run_jax(spec):
             texts, outs = eds_jax.generate_text(
                 pre, prompts, steering=st, system=deployment.OVER_CAUTIOUS_SYSTEM,
                 max_new_tokens=spec["max_new_tokens"], batch_size=spec["batch"], return_outputs=True,
-                reuse_prefix=spec["impl"] == "jax")
+                reuse_prefix=spec["impl"] != "jax_no_prefix",
+                by_length=spec["impl"] != "jax_given_order")
             jax.block_until_ready(outs)
             return texts
         texts, first, best = _passes(run, spec["repeats"])
@@ -97,7 +103,7 @@ def run_torch(spec):
     from transformers import AutoModelForCausalLM
     import models
     from eds_jax import deployment, torch_reference as ref
-    from eds_jax.decoding import chat_prompts
+    from eds_jax.decoding import chat_prompts, length_batches
     from models.gguf_file import GGUFFile
     path = models.smollm2_gguf_path()
     model = AutoModelForCausalLM.from_pretrained(os.path.dirname(path), gguf_file=os.path.basename(path),
@@ -110,23 +116,27 @@ def run_torch(spec):
         ebms[int(layer)].load_state_dict(torch.load(p))
         ebms[int(layer)].eval()
     prompts = prompt_set(spec["benign"], spec["harmful"])
+    texts_in = chat_prompts(tokenizer, prompts, deployment.OVER_CAUTIOUS_SYSTEM)
+    # torch_by_length: batches of similar prompt lengths, as generate_text makes them
+    order = (length_batches([len(tokenizer(t, add_special_tokens=False)["input_ids"]) for t in texts_in],
+                            spec["batch"], by_length=spec["impl"] == "torch_by_length"))
     eos = [t for t in {tokenizer.eos_token_id, model.generation_config.eos_token_id} if t is not None]
-    result = {"impl": "torch", "batch": spec["batch"], "threads": torch.get_num_threads()}
+    result = {"impl": spec["impl"], "batch": spec["batch"], "threads": torch.get_num_threads()}
     for name in ("plain", "steered"):
         handles = (ref.add_steering_hooks(model, ebms, spec["eta"], spec["steps"])
                    if name == "steered" else [])
 
         def run():
-            texts = []
-            for start in range(0, len(prompts), spec["batch"]):
-                chunk = chat_prompts(tokenizer, prompts[start:start + spec["batch"]],
-                                     deployment.OVER_CAUTIOUS_SYSTEM)
-                enc = tokenizer(chunk, return_tensors="pt", padding=True, add_special_tokens=False)
+            texts = [None] * len(prompts)
+            for rows in order:
+                enc = tokenizer([texts_in[i] for i in rows], return_tensors="pt", padding=True,
+                                add_special_tokens=False)
                 with torch.no_grad():
                     out = model.generate(**enc, max_new_tokens=spec["max_new_tokens"], do_sample=False,
                                          eos_token_id=eos, pad_token_id=tokenizer.pad_token_id)
-                texts += tokenizer.batch_decode(out[:, enc["input_ids"].shape[1]:],
-                                                skip_special_tokens=True)
+                for i, text in zip(rows, tokenizer.batch_decode(out[:, enc["input_ids"].shape[1]:],
+                                                                skip_special_tokens=True)):
+                    texts[i] = text
             return texts
         texts, first, best = _passes(run, spec["repeats"])
         result[name] = {"first_s": first, "wall_s": best, "texts": texts}
@@ -139,7 +149,7 @@ def main(argv):
     del argv
     if FLAGS.worker:
         spec = json.loads(FLAGS.worker)
-        result = run_torch(spec) if spec["impl"] == "torch" else run_jax(spec)
+        result = run_torch(spec) if spec["impl"].startswith("torch") else run_jax(spec)
         report(result)
         return
     layers = [int(x) for x in FLAGS.layers.split(",")]
@@ -173,19 +183,22 @@ def print_table(spec, rows):
               f"{s['wall_s'] / p['wall_s']:.2f} | {p['first_s']:.1f} / {s['first_s']:.1f} |")
         by_batch.setdefault(r["batch"], {})[r["impl"]] = r
     for batch, impls in by_batch.items():
-        torch_row = impls.get("torch")
-        for impl in ("jax", "jax_no_prefix"):
-            if impl in impls and torch_row:
-                j = impls[impl]
-                same = {m: sum(a == b for a, b in zip(j[m]["texts"], torch_row[m]["texts"]))
-                        for m in ("plain", "steered")}
-                print(f"batch {batch}: {impl} ÷ torch speed  plain {torch_row['plain']['wall_s'] / j['plain']['wall_s']:.2f}x"
-                      f"  steered {torch_row['steered']['wall_s'] / j['steered']['wall_s']:.2f}x"
-                      f"  (same text: plain {same['plain']}/{n}, steered {same['steered']}/{n})")
-        if "jax" in impls and "jax_no_prefix" in impls:
-            a, b = impls["jax"], impls["jax_no_prefix"]
-            print(f"batch {batch}: prefix reuse speed-up  plain {b['plain']['wall_s'] / a['plain']['wall_s']:.2f}x"
-                  f"  steered {b['steered']['wall_s'] / a['steered']['wall_s']:.2f}x")
+        for torch_impl in ("torch", "torch_by_length"):
+            torch_row = impls.get(torch_impl)
+            for impl in ("jax", "jax_given_order", "jax_no_prefix"):
+                if impl in impls and torch_row:
+                    j = impls[impl]
+                    same = {m: sum(a == b for a, b in zip(j[m]["texts"], torch_row[m]["texts"]))
+                            for m in ("plain", "steered")}
+                    print(f"batch {batch}: {impl} ÷ {torch_impl} speed  plain "
+                          f"{torch_row['plain']['wall_s'] / j['plain']['wall_s']:.2f}x  steered "
+                          f"{torch_row['steered']['wall_s'] / j['steered']['wall_s']:.2f}x  (same text: "
+                          f"plain {same['plain']}/{n}, steered {same['steered']}/{n})")
+        for other, what in (("jax_no_prefix", "prefix reuse"), ("jax_given_order", "batches by length")):
+            if "jax" in impls and other in impls:
+                a, b = impls["jax"], impls[other]
+                print(f"batch {batch}: {what} speed-up  plain {b['plain']['wall_s'] / a['plain']['wall_s']:.2f}x"
+                      f"  steered {b['steered']['wall_s'] / a['steered']['wall_s']:.2f}x")
 
 
 if __name__ == "__main__":
