@@ -72,10 +72,8 @@ def chat_batches(pre: Pretrained, prompts: Sequence[str], system: Optional[str],
     share a batch (see `length_batches`); callers put results back in place with `rows`."""
     if isinstance(prompts, str):
         raise ValueError("prompts must be a list of strings, got one string")
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-    encoded = [pre.tokenizer(text, add_special_tokens=False)["input_ids"]
-               for text in chat_prompts(pre.tokenizer, prompts, system)]
+    texts = chat_prompts(pre.tokenizer, prompts, system)
+    encoded = pre.tokenizer(texts, add_special_tokens=False)["input_ids"] if texts else []
     batches = length_batches([len(e) for e in encoded], batch_size, by_length)
     if progress:
         from tqdm.auto import tqdm

@@ -39,14 +39,9 @@ def make_checkpoint(directory, family="llama", dtype="float32", seed=0, max_shar
 
 
 def left_padded_batch(vocab, lengths, seed=0):
+    from eds_jax.decoding import left_pad
     rng = np.random.RandomState(seed)
-    width = max(lengths)
-    ids = np.zeros((len(lengths), width), np.int32)
-    mask = np.zeros((len(lengths), width), np.int32)
-    for row, n in enumerate(lengths):
-        ids[row, width - n:] = rng.randint(0, vocab, n)
-        mask[row, width - n:] = 1
-    return ids, mask
+    return left_pad([rng.randint(0, vocab, n) for n in lengths], pad_id=0)
 
 
 @pytest.fixture(scope="session")

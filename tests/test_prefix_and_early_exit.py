@@ -27,12 +27,7 @@ def shared_prefix_batch(vocab, prefix_length, suffix_lengths, seed=0):
     rng = np.random.RandomState(seed)
     prefix = rng.randint(0, vocab, prefix_length)
     rows = [np.concatenate([prefix, rng.randint(0, vocab, n)]) for n in suffix_lengths]
-    width = max(len(r) for r in rows)
-    ids = np.zeros((len(rows), width), np.int32)
-    mask = np.zeros((len(rows), width), np.int32)
-    for i, row in enumerate(rows):
-        ids[i, width - len(row):], mask[i, width - len(row):] = row, 1
-    return ids, mask
+    return decoding.left_pad(rows, pad_id=0)
 
 
 def test_split_shared_prefix_on_hand_made_rows():
