@@ -75,7 +75,7 @@ def build_steering(hidden_size: int, loaded=None):
         if missing:
             raise app.UsageError(f"--layers {missing} have no EBM; loaded layers: {sorted(ebms)}")
         ebms = {layer: ebms[layer] for layer in wanted}
-    eta, steps = steering_settings(metadata, FLAGS.eta, FLAGS.num_steps)
+    eta, steps = steering_settings(metadata, FLAGS.eta, FLAGS.num_steps, sorted(ebms))
     floor = None if FLAGS.no_energy_floor else saved_energy_floor(metadata, sorted(ebms))
     steering = eds_jax.Steering(ebms, eta=eta, num_steps=steps, energy_floor=floor,
                                 dropout_at_inference=FLAGS.dropout_at_inference, dropout_seed=FLAGS.seed,

@@ -86,34 +86,63 @@ def energy_floors(ebms: dict, activations, labels, quantiles) -> dict:
             for q in quantiles}
 
 
+def per_layer_floats(value):
+    """A float, or {layer: float} with string keys (JSON metadata); None stays None."""
+    if value is None or not isinstance(value, dict):
+        return None if value is None else float(value)
+    return {str(layer): float(v) for layer, v in value.items()}
+
+
+def hidden_norms(activations, layers) -> dict:
+    """{layer: the median L2 norm of the training states at that layer} (the unit of
+    `steer.eta_scale="hidden_norm"`)."""
+    import numpy as np
+    return {int(layer): float(np.median(np.linalg.norm(np.asarray(activations[:, layer], np.float32),
+                                                       axis=-1))) for layer in layers}
+
+
 def choose_steering(cfg, pre, ranked: list[int], layer_ebm, validation: tuple[list, list],
                     workdir: str, sharding, data=None) -> dict:
     """Layers, eta, steps and energy floor: swept on the validation prompts of `cfg.sweep` when it
     names etas, else `cfg.steer` as it is. Returns {layers, eta, num_steps, energy_floor, judge,
-    sweep}; `data` (the training collection) sets the energy floors."""
+    sweep} and, when `steer.eta_scale` is "hidden_norm", eta_fraction and hidden_norm; eta is a
+    float or {layer: float}. `data` (the training collection) sets the energy floors and norms."""
     import jax
     import eds_jax
     from eds_jax import outcomes, plots
     from eds_jax import sweep as sweep_lib
+    from eds_jax.steering import check_eta_scale, scaled_eta
     from eds_jax.data import write_jsonl
 
     s = cfg.sweep
+    scale = check_eta_scale(cfg.steer.eta_scale)
+    tops = tuple(int(x) for x in s.top_n_layers) or (int(cfg.steer.top_n_layers),)
+    norms = hidden_norms(data.activations, ranked[:max(tops)]) if scale == "hidden_norm" else {}
+
+    def eta_for(value, layers):  # the configured eta (or fraction) as Steering's eta
+        return scaled_eta(value, scale, {l: norms[l] for l in layers} if norms else None)
+
+    def scale_fields(fraction, layers):  # what metadata says about a scaled eta
+        return ({} if not norms else
+                {"eta_fraction": fraction, "hidden_norm": {l: norms[l] for l in layers}})
+
     if not s.etas:
-        return {"layers": sorted(ranked[:int(cfg.steer.top_n_layers)]), "eta": float(cfg.steer.eta),
+        layers = sorted(ranked[:int(cfg.steer.top_n_layers)])
+        return {"layers": layers, "eta": eta_for(float(cfg.steer.eta), layers),
                 "num_steps": int(cfg.steer.num_steps), "energy_floor": None, "judge": None,
-                "sweep": None}
+                "sweep": None} | scale_fields(float(cfg.steer.eta), layers)
     benign, harmful = validation
     steps_list = tuple(int(x) for x in s.num_steps) or (int(cfg.steer.num_steps),)
-    tops = tuple(int(x) for x in s.top_n_layers) or (int(cfg.steer.top_n_layers),)
     ebms = {layer: layer_ebm(layer) for layer in ranked[:max(tops)]}
+    swept = "eta" if scale == "absolute" else "eta_fraction"  # the float each group sweeps
     quantiles = [None] + [float(q) for q in s.energy_floor_quantiles]
     floors = (energy_floors(ebms, data.activations, data.labels, quantiles[1:])
               if quantiles[1:] else {})
     groups = [sweep_lib.SettingGroup(
         {"num_steps": steps, "layers": sorted(ranked[:n])} | ({} if q is None else {"energy_floor_quantile": q}),
-        "eta", tuple(s.etas),
+        swept, tuple(s.etas),
         lambda per_row, steps=steps, n=n, q=q: eds_jax.Steering(
-            {l: ebms[l] for l in ranked[:n]}, eta=per_row, num_steps=steps,
+            {l: ebms[l] for l in ranked[:n]}, eta=eta_for(per_row, ranked[:n]), num_steps=steps,
             energy_floor=None if q is None else {l: floors[q][l] for l in ranked[:n]}))
         for q in quantiles for steps in steps_list for n in tops]
     options = dict(system=cfg.collect.system, max_new_tokens=int(s.max_new_tokens),
@@ -137,8 +166,9 @@ def choose_steering(cfg, pre, ranked: list[int], layer_ebm, validation: tuple[li
     unsteered_choice = row["setting"] == sweep_lib.UNSTEERED
     layers = sorted(ranked[:tops[0]]) if unsteered_choice else row["layers"]
     quantile = None if unsteered_choice else row.get("energy_floor_quantile")
-    return {"layers": layers,
-            "eta": 0.0 if unsteered_choice else row["eta"],
+    return scale_fields(0.0 if unsteered_choice else row[swept], layers) | {
+            "layers": layers,
+            "eta": 0.0 if unsteered_choice else eta_for(row[swept], layers),
             "num_steps": steps_list[0] if unsteered_choice else row["num_steps"],
             "energy_floor": None if quantile is None else {l: floors[quantile][l] for l in layers},
             "energy_floor_quantile": quantile,
@@ -159,6 +189,7 @@ def run(cfg, workdir: str) -> dict:
     from eds_jax import collect as collection_lib
     from eds_jax import plots, training
     from eds_jax.data import write_jsonl
+    from eds_jax.steering import check_eta_scale
     from eds_jax.ebm import EBMSpec
     from eds_jax import deployment
     from eds_jax import sweep as sweep_lib
@@ -168,6 +199,10 @@ def run(cfg, workdir: str) -> dict:
     if os.path.exists(workdir) and not os.path.isdir(workdir):
         raise app.UsageError(f"--workdir={workdir!r} is a file; expected a directory (new or existing)")
     # every prompt source is read before the model loads and before anything is written
+    try:
+        check_eta_scale(cfg.steer.eta_scale)
+    except ValueError as error:
+        raise app.UsageError(f"config.steer.{error}") from None
     benign = collection_lib.read_sources(cfg.data.benign, cfg.data.seed)
     harmful = collection_lib.read_sources(cfg.data.harmful, cfg.data.seed)
     validation = validation_prompts(cfg, set(benign) | set(harmful))
@@ -211,7 +246,10 @@ def run(cfg, workdir: str) -> dict:
     metadata = {"model": pre.source, "model_family": pre.family, "hidden_size": pre.config.hidden_size,
                 "selected_by": cfg.train.select_by, "validation": validation, "label_counts": counts,
                 "split_counts": result["counts"], deployment.METADATA_KEY: cfg.collect.system,
-                "steer": {"eta": steer["eta"], "num_steps": steer["num_steps"],
+                "steer": {"eta": per_layer_floats(steer["eta"]), "num_steps": steer["num_steps"],
+                          "eta_scale": cfg.steer.eta_scale,
+                          "eta_fraction": steer.get("eta_fraction"),
+                          "hidden_norm": per_layer_floats(steer.get("hidden_norm")),
                           "energy_floor": (None if steer["energy_floor"] is None else
                                            {str(l): v for l, v in steer["energy_floor"].items()}),
                           "energy_floor_quantile": steer.get("energy_floor_quantile")},
@@ -228,10 +266,13 @@ def run(cfg, workdir: str) -> dict:
     if steer["sweep"]:
         print(sweep_lib.markdown_table(steer["sweep"]["table"], steer["sweep"]["chosen"]))
         print(f"steering setting chosen on validation prompts: {steer['sweep']['reason']}")
+    eta = per_layer_floats(steer["eta"])
+    eta = eta if not isinstance(eta, dict) else (f"{ {l: round(v, 2) for l, v in eta.items()} } "
+                                                 f"({steer['eta_fraction']} x hidden norm)")
     floor = ("" if steer["energy_floor"] is None else
              f", energy floor (quantile {steer['energy_floor_quantile']}) "
              f"{ {l: round(v, 3) for l, v in steer['energy_floor'].items()} }")
-    print(f"layers {chosen}, eta {steer['eta']}, {steer['num_steps']} steps{floor}; EBMs in "
+    print(f"layers {chosen}, eta {eta}, {steer['num_steps']} steps{floor}; EBMs in "
           f"{os.path.join(workdir, 'ebms')}; wall time {time.time() - start:.0f} s")
     return {"chosen": chosen, "result": result, "counts": counts}
 

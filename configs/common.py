@@ -45,13 +45,18 @@ def base_config():
         "val_fraction": 0.2,
         "select_by": "auc",  # or "sign_accuracy" (upstream)
     })
-    c.steer = ml_collections.ConfigDict({"top_n_layers": 15, "eta": 0.1, "num_steps": 3})
+    c.steer = ml_collections.ConfigDict({
+        "top_n_layers": 15, "eta": 0.1, "num_steps": 3,
+        # how steer.eta and sweep.etas are read: "absolute" (a step length, upstream) or
+        # "hidden_norm" (a fraction of each layer's median hidden-state norm at the last prompt
+        # token over the training collection, so deep layers with large norms take longer steps)
+        "eta_scale": "absolute"})
     # steering settings chosen on validation prompts after training (eds_jax/sweep.py); the chosen
     # setting and the whole table go into the EBM metadata. Empty etas: keep c.steer as it is.
     c.sweep = ml_collections.ConfigDict({
         "benign": {"or_bench_hard": source(f"{SHARED}/splits/or_bench_hard_val.json", limit=64)},
         "harmful": {"harmful": source(f"{SHARED}/splits/harmful_val.json")},
-        "etas": (),  # candidates; each runs as rows of one batch (per-row eta, one compile)
+        "etas": (),  # candidates (read as steer.eta_scale says); rows of one batch, one compile
         "num_steps": (),  # empty: (c.steer.num_steps,)
         "top_n_layers": (),  # empty: (c.steer.top_n_layers,)
         # each q adds the same etas with an energy floor (Steering(energy_floor=...)): a row steps

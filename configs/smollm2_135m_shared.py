@@ -19,9 +19,11 @@ def get_config():
                       "xstest_unsafe": source(f"{SHARED}/splits/xstest_unsafe_train.json")}
     c.collect.max_new_tokens = 40
     c.collect.batch_size = 32
-    # with an energy floor, large steps stay fluent; without one, 16 already costs harmful refusals
-    c.sweep.etas = (16.0, 24.0, 32.0, 48.0)
-    c.sweep.energy_floor_quantiles = (0.8, 0.9)
+    # eta as a fraction of each layer's median hidden-state norm: SmolLM2's norms grow with depth
+    # (134 at layer 15, 325 at 23), so one absolute eta pushes shallow layers hardest (README)
+    c.steer.eta_scale = "hidden_norm"
+    c.sweep.etas = (0.1, 0.2, 0.3)
+    c.sweep.energy_floor_quantiles = (0.8,)
     # validation prompts for the eta sweep: neither training nor test prompts
     c.sweep.benign = {"or_bench_hard": source(f"{SHARED}/splits/or_bench_hard_val.json", limit=64),
                       "harmless": source(f"{SHARED}/splits/harmless_val.json", limit=16)}

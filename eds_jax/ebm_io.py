@@ -7,7 +7,7 @@ orbax writes into a temporary directory and renames it, so a crash leaves nothin
 from __future__ import annotations
 
 import os
-from typing import Optional, Any, Mapping
+from typing import Any, Mapping, Optional, Union
 
 import jax
 import numpy as np
@@ -67,11 +67,24 @@ def _abstract_params(spec: EBMSpec):
     return jax.tree_util.tree_map(lambda s: np.zeros(s.shape, s.dtype), shapes)
 
 
-def steering_settings(metadata: dict, eta=None, num_steps=None) -> tuple[float, int]:
-    """(eta, num_steps): the given values, else the EBM directory's metadata, else 0.1 and 3."""
+def steering_settings(metadata: dict, eta=None, num_steps=None,
+                      layers=None) -> tuple[Union[float, dict], int]:
+    """(eta, num_steps): the given values, else the EBM directory's metadata, else 0.1 and 3.
+    A saved per-layer eta ({"layer": eta}, from `steer.eta_scale="hidden_norm"`) comes back as
+    {layer: eta} for `layers` (default: every saved layer); a given `eta` is one step length for
+    every layer."""
     saved = metadata.get("steer", {})
-    return (float(eta if eta is not None else saved.get("eta", 0.1)),
-            int(num_steps if num_steps is not None else saved.get("num_steps", 3)))
+    steps = int(num_steps if num_steps is not None else saved.get("num_steps", 3))
+    if eta is not None:
+        return float(eta), steps
+    eta = saved.get("eta", 0.1)
+    if isinstance(eta, dict):
+        layers = sorted(int(layer) for layer in eta) if layers is None else list(layers)
+        missing = [layer for layer in layers if str(layer) not in eta]
+        if missing:
+            raise ValueError(f"the saved per-layer eta covers layers {sorted(eta)}, not {missing}")
+        return {layer: float(eta[str(layer)]) for layer in layers}, steps
+    return float(eta), steps
 
 
 def saved_energy_floor(metadata: dict, layers) -> Optional[dict]:

@@ -173,10 +173,14 @@ def build_methods(pre, methods: Sequence[str], ebms: dict, metadata: dict, syste
     if "baseline" in methods:
         interventions["baseline"], described["baseline"] = None, {}
     if "eds" in methods:
-        eta, steps = steering_settings(metadata, FLAGS.eta, FLAGS.num_steps)
+        eta, steps = steering_settings(metadata, FLAGS.eta, FLAGS.num_steps, sorted(ebms))
         floor = None if FLAGS.no_energy_floor else saved_energy_floor(metadata, sorted(ebms))
         interventions["eds"] = eds_jax.Steering(ebms, eta=eta, num_steps=steps, energy_floor=floor)
-        described["eds"] = {"layers": sorted(ebms), "eta": float(eta), "num_steps": int(steps),
+        described["eds"] = {"layers": sorted(ebms), "num_steps": int(steps),
+                            "eta": ({str(l): v for l, v in eta.items()} if isinstance(eta, dict)
+                                    else eta),
+                            "eta_fraction": None if FLAGS.eta is not None else
+                            (metadata.get("steer") or {}).get("eta_fraction"),
                             "energy_floor": floor,
                             "ebms": FLAGS.ebms, "chosen_on_validation": FLAGS.eta is None
                             and "sweep" in metadata}

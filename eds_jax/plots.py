@@ -97,7 +97,7 @@ def plot_tradeoff(path: str, table, chosen: str) -> None:
         label = r["setting"].replace("layers=", "L").replace("num_steps=", "s")
         weight = "bold" if r["setting"] == chosen else "normal"
         ax.annotate(label if r["setting"] in (chosen, table[0]["setting"]) or len(table) <= 8
-                    else f"{r.get('eta', r.get('coeff', ''))}", (xi, yi), fontsize=6,
+                    else f"{r.get('eta', r.get('eta_fraction', r.get('coeff', '')))}", (xi, yi), fontsize=6,
                     fontweight=weight, xytext=(3, 3), textcoords="offset points")
     ax.scatter([x[0]], [y[0]], marker="s", facecolors="none", edgecolors="k", s=90, label="unsteered")
     chosen_index = [r["setting"] for r in table].index(chosen)

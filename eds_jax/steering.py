@@ -26,6 +26,8 @@ from eds_jax.ebm import EBM
 from models.pretrained import check_intervention_layers
 
 _EPS = 1e-8
+# how a configured eta is read: a step length, or a fraction of each layer's hidden-state norm
+ETA_SCALES = ("absolute", "hidden_norm")
 
 
 def check_setting(name: str, value, minimum: Optional[float] = None) -> np.ndarray:
@@ -57,6 +59,24 @@ def per_layer_setting(name: str, value, layers, minimum: Optional[float] = None)
         raise ValueError(f"per-layer {name} covers layers {sorted(values)}, but EBMs are for {layers}")
     return {layer: jnp.asarray(check_setting(f"{name} for layer {layer}", values[layer], minimum),
                                jnp.float32) for layer in layers}
+
+
+def check_eta_scale(scale: str) -> str:
+    if scale not in ETA_SCALES:
+        raise ValueError(f"eta_scale must be one of {ETA_SCALES}, got {scale!r}")
+    return scale
+
+
+def scaled_eta(eta, scale: str, hidden_norms: Optional[Mapping[int, float]] = None):
+    """The eta to give `Steering`: `eta` itself when `scale` is "absolute"; for "hidden_norm",
+    {layer: eta * hidden_norms[layer]} (eta a fraction, scalar or per row), so a step moves each
+    layer's state by the same fraction of its typical norm."""
+    if check_eta_scale(scale) == "absolute":
+        return eta
+    if not hidden_norms:
+        raise ValueError("eta_scale 'hidden_norm' needs each steered layer's hidden-state norm")
+    return {int(layer): np.asarray(eta, np.float64) * float(norm)
+            for layer, norm in hidden_norms.items()}
 
 
 def take_per_row(setting, rows):

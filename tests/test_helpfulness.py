@@ -189,3 +189,27 @@ def test_forward_with_an_intervention_of_the_wrong_width_says_so(smollm2):
     steering = eds_jax.Steering(_ebms(64, (3,)))
     with pytest.raises(ValueError, match="EBM input width 64 != model hidden size 576"):
         models.forward(smollm2, np.ones((1, 4), np.int32), intervention=steering)
+
+
+def test_eta_scaled_to_hidden_norm_round_trips_through_ebm_metadata(tmp_path):
+    from eds_jax.ebm_io import steering_settings
+    from eds_jax.steering import scaled_eta
+    norms = {3: 100.0, 5: 300.0}
+    assert scaled_eta(2.0, "absolute", norms) == 2.0
+    per_layer = scaled_eta(np.array([0.1, 0.2]), "hidden_norm", norms)  # per row and per layer
+    np.testing.assert_allclose(per_layer[3], [10.0, 20.0])
+    np.testing.assert_allclose(per_layer[5], [30.0, 60.0])
+    with pytest.raises(ValueError, match="eta_scale must be one of"):
+        scaled_eta(0.1, "norm", norms)
+    with pytest.raises(ValueError, match="needs each steered layer's hidden-state norm"):
+        scaled_eta(0.1, "hidden_norm", None)
+    eds_jax.save_ebms(str(tmp_path / "e"), _ebms(8, (3, 5)),
+                      {"steer": {"eta": {"3": 10.0, "5": 30.0}, "num_steps": 2, "eta_fraction": 0.1}})
+    _, metadata = eds_jax.load_ebms(str(tmp_path / "e"))
+    assert steering_settings(metadata) == ({3: 10.0, 5: 30.0}, 2)
+    assert steering_settings(metadata, layers=[5]) == ({5: 30.0}, 2)  # steer_decode --layers=5
+    assert steering_settings(metadata, eta=4.0) == (4.0, 2)  # an explicit eta: every layer
+    with pytest.raises(ValueError, match="covers layers \\['3', '5'\\], not \\[7\\]"):
+        steering_settings(metadata, layers=[7])
+    steering = eds_jax.Steering(_ebms(8, (3, 5)), eta=steering_settings(metadata)[0])
+    assert {layer: float(eta) for layer, eta in steering.etas.items()} == {3: 10.0, 5: 30.0}

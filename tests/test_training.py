@@ -106,8 +106,8 @@ def run_script(name, *args):
 def test_train_ebm_end_to_end_then_steer_decode(tmp_path, tiny_chat_model):
     workdir = tmp_path / "run"
     args = ["--config=configs/tiny.py", f"--config.model.source={tiny_chat_model}", f"--workdir={workdir}",
-            "--config.sweep.etas=(1.0,4.0)", "--config.sweep.max_new_tokens=4",
-            "--config.sweep.energy_floor_quantiles=(0.5,)",
+            "--config.sweep.etas=(0.02,0.08)", "--config.sweep.max_new_tokens=4",
+            "--config.steer.eta_scale=hidden_norm", "--config.sweep.energy_floor_quantiles=(0.5,)",
             "--config.sweep.benign.prompts.limit=6", "--config.sweep.harmful.prompts.limit=6"]
     proc = run_script("train_ebm.py", *args)
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -122,10 +122,23 @@ def test_train_ebm_end_to_end_then_steer_decode(tmp_path, tiny_chat_model):
     # the deployment, the judge and the sweep travel with the EBMs
     assert meta["system"] == "Be careful." and meta["judge"]["fluency_threshold"] > 0
     table = meta["sweep"]["table"]
-    assert [r.get("eta") for r in table] == [None, 1.0, 4.0, 1.0, 4.0] and table[0]["benign_n"] == 6
+    # eta swept as a fraction of each layer's median hidden-state norm over the collection
+    assert [r.get("eta_fraction") for r in table] == [None, 0.02, 0.08, 0.02, 0.08]
+    assert table[0]["benign_n"] == 6
     assert [r.get("energy_floor_quantile") for r in table] == [None, None, None, 0.5, 0.5]
     chosen = [r for r in table if r["setting"] == meta["sweep"]["chosen"]][0]
-    assert meta["steer"]["eta"] == (0.0 if meta["sweep"]["chosen"] == "unsteered" else chosen["eta"])
+    steer = meta["steer"]
+    assert steer["eta_scale"] == "hidden_norm" and sorted(steer["hidden_norm"]) == sorted(map(str, ebms))
+    activations = np.load(next((workdir / "collect").glob("activations-*.npz")))["activations"]
+    for layer in ebms:
+        norm = np.median(np.linalg.norm(activations[:, layer].astype(np.float32), axis=-1))
+        assert steer["hidden_norm"][str(layer)] == pytest.approx(norm, rel=1e-5)
+    if meta["sweep"]["chosen"] == "unsteered":
+        assert steer["eta"] == 0.0 and steer["eta_fraction"] == 0.0
+    else:
+        assert steer["eta_fraction"] == chosen["eta_fraction"]
+        assert steer["eta"] == pytest.approx({k: chosen["eta_fraction"] * v
+                                              for k, v in steer["hidden_norm"].items()})
     floor = meta["steer"]["energy_floor"]  # per layer, when the chosen row has one
     assert (floor is not None) == ("energy_floor_quantile" in chosen)
     if floor is not None:
@@ -169,6 +182,10 @@ def test_train_ebm_bad_input(tmp_path, tiny_chat_model):
                       f"--config.sweep.benign.prompts.path={tmp_path / 'missing.jsonl'}")
     assert proc.returncode != 0 and "missing.jsonl' does not exist" in proc.stderr, proc.stderr[-2000:]
     assert not (tmp_path / "d").exists()
+    proc = run_script("train_ebm.py", *base, f"--workdir={tmp_path / 'e'}", "--config.steer.eta_scale=norm")
+    assert proc.returncode != 0 and "Traceback" not in proc.stderr
+    assert "config.steer.eta_scale must be one of ('absolute', 'hidden_norm'), got 'norm'" in proc.stderr
+    assert not (tmp_path / "e").exists()
     (tmp_path / "a_file").write_text("x")
     proc = run_script("train_ebm.py", *base, f"--workdir={tmp_path / 'a_file'}")
     assert proc.returncode != 0 and "is a file; expected a directory" in proc.stderr, proc.stderr[-2000:]
