@@ -1,5 +1,7 @@
-"""PNG figures: validation AUC per layer and energy histograms (training), rates per set (evaluation)."""
+"""PNG figures: validation AUC per layer and energy histograms (training), the sweep trade-off, rates per set (evaluation)."""
 from __future__ import annotations
+
+import re
 
 import numpy as np
 
@@ -83,6 +85,26 @@ def plot_eval_rates(path: str, results: dict) -> None:
     plt.close(fig)
 
 
+_SHORT = {"num_steps": "steps", "layers": "L", "energy_floor_quantile": "floor q",
+          "eta_fraction": "frac", "eta": "eta", "coeff": "c"}
+
+
+def _setting_labels(settings):
+    """Short point labels: only the key=value parts that differ between the steered settings,
+    plus the parts all of them share (for one caption)."""
+    parsed = [dict(re.findall(r"(\w+)=(\[[^\]]*\]|\S+)", s)) for s in settings]
+    steered = [p for p in parsed if p]
+    keys = list(dict.fromkeys(k for p in steered for k in p))
+    varying = [k for k in keys if len({p.get(k) for p in steered}) > 1 or any(k not in p for p in steered)]
+    shared = " ".join(f"{_SHORT.get(k, k)} {steered[0][k]}" for k in keys if k not in varying)
+    labels = []
+    for setting, p in zip(settings, parsed):
+        label = " ".join(f"{_SHORT.get(k, k)} {p[k]}" for k in varying if k in p)
+        missing = ", ".join(_SHORT.get(k, k) for k in varying if k not in p)
+        labels.append(setting if not p else label or f"no {missing}")
+    return labels, shared
+
+
 def plot_tradeoff(path: str, table, chosen: str) -> None:
     """The sweep's trade-off: benign helpful vs harmful refused, one point per setting, coloured
     by incoherence; the unsteered run and the chosen setting marked."""
@@ -93,18 +115,24 @@ def plot_tradeoff(path: str, table, chosen: str) -> None:
     c = [100 * r["incoherent"] for r in table]
     points = ax.scatter(x, y, c=c, cmap="viridis_r", s=36, zorder=2)
     fig.colorbar(points, ax=ax, label="incoherent (%)")
-    for r, xi, yi in zip(table, x, y):
-        label = r["setting"].replace("layers=", "L").replace("num_steps=", "s")
+    labels, shared = _setting_labels([r["setting"] for r in table])
+    placed = []
+    for r, label, xi, yi in zip(table, labels, x, y):
         weight = "bold" if r["setting"] == chosen else "normal"
-        ax.annotate(label if r["setting"] in (chosen, table[0]["setting"]) or len(table) <= 8
-                    else f"{r.get('eta', r.get('eta_fraction', r.get('coeff', '')))}", (xi, yi), fontsize=6,
-                    fontweight=weight, xytext=(3, 3), textcoords="offset points")
+        # points within a few percent of an earlier one get their label stacked below it
+        stack = sum(abs(xi - px) < 6 and abs(yi - py) < 3 for px, py in placed)
+        placed.append((xi, yi))
+        ax.annotate(label, (xi, yi), fontsize=6, fontweight=weight, xytext=(3, 3 - 8 * stack),
+                    textcoords="offset points")
     ax.scatter([x[0]], [y[0]], marker="s", facecolors="none", edgecolors="k", s=90, label="unsteered")
     chosen_index = [r["setting"] for r in table].index(chosen)
     ax.scatter([x[chosen_index]], [y[chosen_index]], marker="*", color="tab:red", s=140, zorder=3,
                label="chosen")
+    ax.set_xlim(min(x) - 5, max(x) + 25)  # room for the labels right of the points
     ax.set(xlabel="benign helpful (%)", ylabel="harmful refused (%)",
            title="steering settings on validation prompts")
+    if shared:
+        ax.text(0.0, -0.16, "all: " + shared, transform=ax.transAxes, fontsize=6, va="top")
     ax.legend(fontsize=7, loc="best")
     fig.tight_layout()
     fig.savefig(path, dpi=120)

@@ -115,6 +115,19 @@ def test_choose_setting_on_a_hand_made_table():
         sweep.choose_setting(table[1:], tolerances)
 
 
+
+def test_tradeoff_plot_labels_name_only_what_differs():
+    from eds_jax.plots import _setting_labels
+    settings = [sweep.UNSTEERED, "num_steps=3 layers=[15, 22, 23] eta_fraction=0.1",
+                "num_steps=3 layers=[15, 22, 23] energy_floor_quantile=0.8 eta_fraction=0.1"]
+    labels, shared = _setting_labels(settings)
+    assert labels == [sweep.UNSTEERED, "no floor q", "floor q 0.8"]
+    assert shared == "steps 3 L [15, 22, 23] frac 0.1"
+    labels, shared = _setting_labels(settings + ["num_steps=3 layers=[15, 22, 23] eta_fraction=0.2"])
+    assert labels[1:] == ["frac 0.1", "frac 0.1 floor q 0.8", "frac 0.2"]
+    assert shared == "steps 3 L [15, 22, 23]"
+
+
 def _ebms(d, layers, scale=1.0):
     out = {}
     for layer in layers:
