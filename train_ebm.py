@@ -86,13 +86,6 @@ def energy_floors(ebms: dict, activations, labels, quantiles) -> dict:
             for q in quantiles}
 
 
-def per_layer_floats(value):
-    """A float, or {layer: float} with string keys (JSON metadata); None stays None."""
-    if value is None or not isinstance(value, dict):
-        return None if value is None else float(value)
-    return {str(layer): float(v) for layer, v in value.items()}
-
-
 def hidden_norms(activations, layers) -> dict:
     """{layer: the median L2 norm of the training states at that layer} (the unit of
     `steer.eta_scale="hidden_norm"`)."""
@@ -111,11 +104,11 @@ def choose_steering(cfg, pre, ranked: list[int], layer_ebm, validation: tuple[li
     import eds_jax
     from eds_jax import outcomes, plots
     from eds_jax import sweep as sweep_lib
-    from eds_jax.steering import check_eta_scale, scaled_eta
+    from eds_jax.steering import scaled_eta
     from eds_jax.data import write_jsonl
 
     s = cfg.sweep
-    scale = check_eta_scale(cfg.steer.eta_scale)
+    scale = cfg.steer.eta_scale  # checked by run() before anything is written; scaled_eta checks too
     tops = tuple(int(x) for x in s.top_n_layers) or (int(cfg.steer.top_n_layers),)
     norms = hidden_norms(data.activations, ranked[:max(tops)]) if scale == "hidden_norm" else {}
 
@@ -189,6 +182,7 @@ def run(cfg, workdir: str) -> dict:
     from eds_jax import collect as collection_lib
     from eds_jax import plots, training
     from eds_jax.data import write_jsonl
+    from eds_jax.ebm_io import per_layer_floats
     from eds_jax.steering import check_eta_scale
     from eds_jax.ebm import EBMSpec
     from eds_jax import deployment
@@ -250,8 +244,7 @@ def run(cfg, workdir: str) -> dict:
                           "eta_scale": cfg.steer.eta_scale,
                           "eta_fraction": steer.get("eta_fraction"),
                           "hidden_norm": per_layer_floats(steer.get("hidden_norm")),
-                          "energy_floor": (None if steer["energy_floor"] is None else
-                                           {str(l): v for l, v in steer["energy_floor"].items()}),
+                          "energy_floor": per_layer_floats(steer["energy_floor"]),
                           "energy_floor_quantile": steer.get("energy_floor_quantile")},
                 "judge": steer["judge"], "sweep": steer["sweep"], "train": cfg.train.to_dict()}
     ebms = {layer: layer_ebm(layer) for layer in chosen}

@@ -79,11 +79,8 @@ def steering_settings(metadata: dict, eta=None, num_steps=None,
         return float(eta), steps
     eta = saved.get("eta", 0.1)
     if isinstance(eta, dict):
-        layers = sorted(int(layer) for layer in eta) if layers is None else list(layers)
-        missing = [layer for layer in layers if str(layer) not in eta]
-        if missing:
-            raise ValueError(f"the saved per-layer eta covers layers {sorted(eta)}, not {missing}")
-        return {layer: float(eta[str(layer)]) for layer in layers}, steps
+        layers = sorted(int(layer) for layer in eta) if layers is None else layers
+        return _saved_per_layer("per-layer eta", eta, layers), steps
     return float(eta), steps
 
 
@@ -92,7 +89,22 @@ def saved_energy_floor(metadata: dict, layers) -> Optional[dict]:
     floors = (metadata.get("steer") or {}).get("energy_floor")
     if not floors:
         return None
-    missing = [layer for layer in layers if str(layer) not in floors]
+    return _saved_per_layer("energy floor", floors, layers)
+
+
+def per_layer_floats(value):
+    """A setting as metadata JSON holds it: a float, or {layer: value} as {"layer": float};
+    None stays None. `_saved_per_layer` reads the dict back."""
+    if value is None:
+        return None
+    if isinstance(value, Mapping):
+        return {str(layer): float(v) for layer, v in value.items()}
+    return float(value)
+
+
+def _saved_per_layer(what: str, saved: Mapping[str, float], layers) -> dict:
+    """{layer: float} for `layers` from a metadata dict keyed by layer strings."""
+    missing = [layer for layer in layers if str(layer) not in saved]
     if missing:
-        raise ValueError(f"the saved energy floor covers layers {sorted(floors)}, not {missing}")
-    return {int(layer): float(floors[str(layer)]) for layer in layers}
+        raise ValueError(f"the saved {what} covers layers {sorted(saved)}, not {missing}")
+    return {int(layer): float(saved[str(layer)]) for layer in layers}

@@ -161,7 +161,7 @@ def build_methods(pre, methods: Sequence[str], ebms: dict, metadata: dict, syste
     import eds_jax
     from eds_jax.collect import last_token_activations
     from eds_jax.data import load_prompts, load_prompts_with
-    from eds_jax.ebm_io import saved_energy_floor, steering_settings
+    from eds_jax.ebm_io import per_layer_floats, saved_energy_floor, steering_settings
     from eds_jax import vectors
 
     unknown = [m for m in methods if m not in METHODS]
@@ -177,8 +177,7 @@ def build_methods(pre, methods: Sequence[str], ebms: dict, metadata: dict, syste
         floor = None if FLAGS.no_energy_floor else saved_energy_floor(metadata, sorted(ebms))
         interventions["eds"] = eds_jax.Steering(ebms, eta=eta, num_steps=steps, energy_floor=floor)
         described["eds"] = {"layers": sorted(ebms), "num_steps": int(steps),
-                            "eta": ({str(l): v for l, v in eta.items()} if isinstance(eta, dict)
-                                    else eta),
+                            "eta": per_layer_floats(eta),
                             "eta_fraction": None if FLAGS.eta is not None else
                             (metadata.get("steer") or {}).get("eta_fraction"),
                             "energy_floor": floor,
