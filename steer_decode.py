@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+from typing import Optional
 
 from absl import app, flags, logging
 
@@ -47,40 +48,54 @@ flags.DEFINE_boolean("compare", False, "print baseline and steered responses sid
 FLAGS = flags.FLAGS
 
 
-def build_steering(hidden_size: int, loaded=None):
-    """Steering from the flags, or None when no EBM was given. `loaded`: what
-    `eds_jax.load_ebms(FLAGS.ebms)` returned, when --ebms is given."""
+def build_steering(hidden_size: int, saved=None):
+    """(Steering or None, saved): from --ebms (`saved`: what `eds_jax.load_steering` returned, with
+    the flags' overrides) or --torch_ebm; None when no EBM was given."""
     import eds_jax
-    from eds_jax.ebm_io import saved_energy_floor, steering_settings
-    if FLAGS.ebms and FLAGS.torch_ebm:
-        raise app.UsageError("give --ebms or --torch_ebm, not both")
-    metadata = {}
-    if FLAGS.ebms:
-        ebms, metadata = loaded
-    elif FLAGS.torch_ebm:
-        ebms = {}
-        for item in FLAGS.torch_ebm:
-            layer, sep, path = item.partition(":")
-            if not sep or not layer.strip().isdigit():
-                raise app.UsageError(f"--torch_ebm={item!r}: expected LAYER:PATH, e.g. 12:ebm.pt")
-            ebms[int(layer)] = eds_jax.load_torch_ebm(
-                path, FLAGS.ebm_architecture, input_dim=hidden_size, hidden_dim=FLAGS.ebm_hidden_dim,
-                hidden_dims=[int(w) for w in FLAGS.ebm_hidden_dims], dropout_rate=FLAGS.ebm_dropout,
-                use_layernorm=FLAGS.ebm_layernorm)
-    else:
-        return None, metadata
+    if saved is not None:
+        if saved.steering is None:
+            logging.warning(saved.note)
+        return saved.steering, saved
+    if not FLAGS.torch_ebm:
+        return None, None
+    ebms = {}
+    for layer, path in torch_ebm_specs():
+        ebms[layer] = eds_jax.load_torch_ebm(
+            path, FLAGS.ebm_architecture, input_dim=hidden_size, hidden_dim=FLAGS.ebm_hidden_dim,
+            hidden_dims=[int(w) for w in FLAGS.ebm_hidden_dims], dropout_rate=FLAGS.ebm_dropout,
+            use_layernorm=FLAGS.ebm_layernorm)
     if FLAGS.layers:
-        wanted = [int(layer) for layer in FLAGS.layers]
-        missing = [layer for layer in wanted if layer not in ebms]
+        missing = [layer for layer in layer_flag() if layer not in ebms]
         if missing:
             raise app.UsageError(f"--layers {missing} have no EBM; loaded layers: {sorted(ebms)}")
-        ebms = {layer: ebms[layer] for layer in wanted}
-    eta, steps = steering_settings(metadata, FLAGS.eta, FLAGS.num_steps, sorted(ebms))
-    floor = None if FLAGS.no_energy_floor else saved_energy_floor(metadata, sorted(ebms))
-    steering = eds_jax.Steering(ebms, eta=eta, num_steps=steps, energy_floor=floor,
+        ebms = {layer: ebms[layer] for layer in layer_flag()}
+    steering = eds_jax.Steering(ebms, eta=0.1 if FLAGS.eta is None else FLAGS.eta,
+                                num_steps=3 if FLAGS.num_steps is None else FLAGS.num_steps,
                                 dropout_at_inference=FLAGS.dropout_at_inference, dropout_seed=FLAGS.seed,
                                 record_energy_after=True)
-    return steering, metadata
+    return steering, None
+
+
+def torch_ebm_specs() -> list[tuple[int, str]]:
+    specs = []
+    for item in FLAGS.torch_ebm:
+        layer, sep, path = item.partition(":")
+        if not sep or not layer.strip().isdigit() or not path:
+            raise app.UsageError(f"--torch_ebm={item!r}: expected LAYER:PATH, e.g. 12:ebm.pt")
+        if not os.path.isfile(path):
+            raise app.UsageError(f"--torch_ebm={item!r}: {path!r} is not a file")
+        specs.append((int(layer), path))
+    return specs
+
+
+def layer_flag() -> list[int]:
+    try:
+        layers = [int(layer) for layer in FLAGS.layers]
+    except ValueError:
+        raise app.UsageError(f"--layers={','.join(FLAGS.layers)}: expected layer numbers, e.g. 15,22") from None
+    if any(layer < 0 for layer in layers):
+        raise app.UsageError(f"--layers={layers}: layers are >= 0")
+    return layers
 
 
 def _mean(values):
@@ -111,14 +126,14 @@ def decode_rows(pre, prompts, steering, system, options, offset: int) -> list[di
     return rows
 
 
-def before_after_table(pre, rows: list[dict], metadata: dict) -> str:
-    """Each prompt's outcome without and with steering: the EBMs' helpfulness judge when their
-    metadata holds one (helpful / refusal / incoherent), else the refusal judge alone."""
-    from eds_jax.judge import is_refusal
-    from eds_jax.outcomes import HelpfulnessJudge
+def before_after_table(pre, rows: list[dict], judge_settings) -> str:
+    """Each prompt's outcome without and with steering: the EBMs' helpfulness judge when they
+    were saved with one (helpful / refusal / incoherent), else the refusal judge alone."""
+    from eds_jax.judging.refusal import is_refusal
+    from eds_jax.judging.helpfulness import HelpfulnessJudge
     prompts = [r["prompt"] for r in rows]
-    if metadata.get("judge"):
-        judge = HelpfulnessJudge.from_dict(metadata["judge"])
+    if judge_settings:
+        judge = HelpfulnessJudge.from_dict(judge_settings)
         judged = {k: judge.judge(pre, prompts, [r[k] for r in rows]).outcomes
                   for k in ("baseline", "steered")}
     else:
@@ -133,10 +148,31 @@ def before_after_table(pre, rows: list[dict], metadata: dict) -> str:
     return "\n".join(lines)
 
 
+def steering_record(steering, saved) -> Optional[dict]:
+    """What produced the steered responses, recorded in every output row and in the resume key:
+    the EBMs' parameter digest and the settings actually used (None: no steering)."""
+    if steering is None:
+        return None
+    record = {"layers": list(steering.layers), "num_steps": steering.num_steps,
+              "eta": {str(l): float(v) for l, v in steering.etas.items()},
+              "energy_floor": None if steering.energy_floors is None else
+              {str(l): float(v) for l, v in steering.energy_floors.items()}}
+    if saved is not None:
+        record |= {"ebms": saved.directory, "params_sha256": saved.metadata["params_sha256"]}
+    else:
+        import hashlib
+        digest = hashlib.sha256()
+        for _, path in torch_ebm_specs():
+            with open(path, "rb") as f:
+                digest.update(f.read())
+        record |= {"torch_ebm": FLAGS.torch_ebm, "files_sha256": digest.hexdigest()}
+    return record
+
+
 def check_flags() -> None:
     """Everything that can be checked before the model loads (minutes for an 8B model)."""
-    from eds_jax.data import check_output_path
-    from eds_jax.steering import check_setting
+    from eds_jax.common.files import check_output_path
+    from eds_jax.core.steering import check_setting
     if FLAGS.prompt is not None and FLAGS.prompts is not None:
         raise app.UsageError("give one of --prompt or --prompts, not both")
     if FLAGS.prompt is None and FLAGS.prompts is None:
@@ -152,13 +188,15 @@ def check_flags() -> None:
     if FLAGS.num_steps is not None and FLAGS.num_steps < 0:
         raise app.UsageError(f"--num_steps={FLAGS.num_steps}: expected >= 0")
     check_setting("--temperature", FLAGS.temperature, minimum=0.0)
+    if FLAGS.limit is not None and FLAGS.limit < 0:
+        raise app.UsageError(f"--limit={FLAGS.limit}: expected a count >= 0 (0 = all)")
+    if FLAGS.ebms and FLAGS.torch_ebm:
+        raise app.UsageError("give --ebms or --torch_ebm, not both")
     if FLAGS.ebms and not os.path.isdir(FLAGS.ebms):
         raise app.UsageError(f"--ebms={FLAGS.ebms!r} is not a directory (train_ebm.py writes "
                              "WORKDIR/ebms)")
-    for item in FLAGS.torch_ebm:
-        path = item.partition(":")[2]
-        if path and not os.path.isfile(path):
-            raise app.UsageError(f"--torch_ebm={item!r}: {path!r} is not a file")
+    torch_ebm_specs()
+    layer_flag()
     if FLAGS.output:
         check_output_path(FLAGS.output)
 
@@ -166,37 +204,45 @@ def check_flags() -> None:
 def run() -> list[dict]:
     import models
     import eds_jax
-    from eds_jax import deployment
-    from eds_jax.data import load_prompts, read_partial, write_jsonl, write_partial
+    from eds_jax.datasets.prompt_files import load_prompts
+    from eds_jax.common.files import read_partial, write_jsonl, write_partial
 
     check_flags()
     prompts = [FLAGS.prompt] if FLAGS.prompt is not None else load_prompts(
-        FLAGS.prompts, FLAGS.prompt_field, FLAGS.limit)
-    loaded = eds_jax.load_ebms(FLAGS.ebms) if FLAGS.ebms else None  # a bad dir fails before the model
+        FLAGS.prompts, FLAGS.prompt_field, FLAGS.limit or None)
+    saved = None
+    if FLAGS.ebms:  # a bad directory or setting fails before the model loads
+        saved = eds_jax.load_steering(
+            FLAGS.ebms, eta=FLAGS.eta, num_steps=FLAGS.num_steps,
+            layers=layer_flag() or None, energy_floor=False if FLAGS.no_energy_floor else None,
+            system=FLAGS.system, dropout_at_inference=FLAGS.dropout_at_inference, seed=FLAGS.seed,
+            record_energy_after=True)
     source = FLAGS.model or models.smollm2_gguf_path()
     pre = models.load_pretrained(source, dtype=FLAGS.dtype)
-    steering, metadata = build_steering(pre.config.hidden_size, loaded)
+    steering, saved = build_steering(pre.config.hidden_size, saved)
     if steering is not None:
         steering.check_model(pre.config)
         logging.info("steering layers %s, eta=%s, steps=%d", steering.layers,
                      {k: float(v) for k, v in steering.etas.items()}, steering.num_steps)
-    else:
+    elif saved is None:
         logging.warning("no EBMs given (--ebms / --torch_ebm): generating the baseline only")
-    system = deployment.system_for(metadata, FLAGS.system)
+    system = saved.system if saved is not None else FLAGS.system
+    settings = steering_record(steering, saved)
     options = dict(max_new_tokens=FLAGS.max_new_tokens, batch_size=FLAGS.batch_size,
                    temperature=FLAGS.temperature, top_p=FLAGS.top_p, seed=FLAGS.seed)
     # finished batches go to OUTPUT.partial (atomically) as they complete; a killed run restarted
     # with the same flags resumes there. Each batch gets the seed it would get in one pass.
     partial = f"{FLAGS.output}.partial" if FLAGS.output else None
     run_key = json.dumps({"argv": sorted(a for a in sys.argv[1:]), "prompts": prompts,
-                          "system": system}, sort_keys=True)
+                          "system": system, "steering": settings}, sort_keys=True)
     rows = read_partial(partial, run_key)
     if rows:
         logging.warning("resuming after %d finished prompts from %s", len(rows), partial)
     for start in range(len(rows), len(prompts), FLAGS.batch_size):
         chunk = prompts[start:start + FLAGS.batch_size]
         options["seed"] = FLAGS.seed + start
-        rows += decode_rows(pre, chunk, steering, system, options, start)
+        rows += [row | {"steering": settings}
+                 for row in decode_rows(pre, chunk, steering, system, options, start)]
         if partial:
             write_partial(partial, run_key, rows)
     if FLAGS.output:
@@ -205,7 +251,7 @@ def run() -> list[dict]:
             os.remove(partial)
         logging.info("wrote %d rows to %s", len(rows), FLAGS.output)
     if FLAGS.compare and steering is not None:
-        print(before_after_table(pre, rows, metadata))
+        print(before_after_table(pre, rows, saved.judge if saved is not None else None))
     for row in rows:
         if FLAGS.compare and row["steered"] is not None:
             print(f"### {row['prompt']}\n--- baseline\n{row['baseline']}\n--- steered "

@@ -34,8 +34,8 @@ def main(argv):
     import numpy as np
     import jax
     import models
-    from eds_jax import collect
-    from eds_jax.decoding import generate_text
+    from eds_jax.training import collect
+    from eds_jax.core.decoding import generate_text
 
     spec = importlib.util.spec_from_file_location("collection_config", FLAGS.config)
     module = importlib.util.module_from_spec(spec)

@@ -4,7 +4,7 @@ transformers' `generate` with the same steering hooks, wall time end to end, in 
   python benchmarks/end_to_end.py                        # 128 shared prompts, 48 tokens, batch 16 and 32
 
 Prompts: the first 96 OR-Bench-Hard validation prompts and the first 32 harmful validation prompts
-(../shared/data/splits), each behind `eds_jax.deployment.OVER_CAUTIOUS_SYSTEM`, greedy, stopping
+(the public splits the package ships), each behind `eds_jax.core.deployment.OVER_CAUTIOUS_SYSTEM`, greedy, stopping
 at EOS. Steering: 3 layers x 3 steps, EBM weights made once in PyTorch and loaded by both sides,
 so the two implementations steer with the same energies. Each implementation runs in its own
 subprocess. `generate_text` batches prompts by length (jax_given_order: in the given order;
@@ -25,8 +25,9 @@ from absl import app, flags
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
+sys.path.insert(0, os.path.join(ROOT, "tests"))  # torch_reference: the PyTorch hook reference
 from workers import report, run_worker  # noqa: E402  (benchmarks/, the script's own directory)
-SPLITS = os.path.join(os.path.dirname(ROOT), "shared", "data", "splits")
+SPLITS = "data:public"  # eds_jax/datasets/public
 
 flags.DEFINE_string("batch_sizes", "16,32", "batch sizes, comma-separated")
 flags.DEFINE_integer("max_new_tokens", 48, "new tokens per prompt (fewer where EOS comes first)")
@@ -46,15 +47,15 @@ FLAGS = flags.FLAGS
 
 
 def prompt_set(benign: int, harmful: int) -> list[str]:
-    from eds_jax.data import load_prompts
-    return (load_prompts(os.path.join(SPLITS, "or_bench_hard_val.json"), "instruction")[:benign]
-            + load_prompts(os.path.join(SPLITS, "harmful_val.json"), "instruction")[:harmful])
+    from eds_jax.datasets.prompt_files import load_prompts
+    return (load_prompts(f"{SPLITS}/or_bench_hard_val.json", "instruction")[:benign]
+            + load_prompts(f"{SPLITS}/harmful_val.json", "instruction")[:harmful])
 
 
 def make_ebms(directory: str, hidden: int, layers) -> dict:
     """One simple EBM per steered layer, random (seeded) PyTorch weights saved as .pt files."""
     import torch
-    from eds_jax.torch_reference import TorchSimpleEBM
+    from torch_reference import TorchSimpleEBM
     paths = {}
     for layer in layers:
         torch.manual_seed(layer)
@@ -76,7 +77,7 @@ def run_jax(spec):
     import jax
     import models
     import eds_jax
-    from eds_jax import deployment
+    from eds_jax.core import deployment
     pre = models.load_pretrained(models.smollm2_gguf_path(), dtype="float32")
     ebms = {int(layer): eds_jax.load_torch_ebm(path, architecture="simple",
                                                input_dim=pre.config.hidden_size, hidden_dim=512)
@@ -102,8 +103,9 @@ def run_torch(spec):
     import torch
     from transformers import AutoModelForCausalLM
     import models
-    from eds_jax import deployment, torch_reference as ref
-    from eds_jax.decoding import chat_prompts, length_batches
+    import torch_reference as ref
+    from eds_jax.core import deployment
+    from eds_jax.core.decoding import chat_prompts, length_batches
     from models.gguf_file import GGUFFile
     path = models.smollm2_gguf_path()
     model = AutoModelForCausalLM.from_pretrained(os.path.dirname(path), gguf_file=os.path.basename(path),

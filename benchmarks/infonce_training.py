@@ -17,6 +17,7 @@ import time
 from absl import app, flags
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "tests"))
 
 flags.DEFINE_integer("layers", 30, "layers (EBMs) trained together")
 flags.DEFINE_integer("dim", 576, "hidden size (SmolLM2-135M: 576)")
@@ -30,9 +31,9 @@ def main(argv):
     del argv
     import numpy as np
     import torch
-    from eds_jax import training
-    from eds_jax.ebm import EBMSpec
-    from eds_jax.torch_reference import TorchSimpleEBM
+    from eds_jax.training import infonce
+    from eds_jax.core.ebm import EBMSpec
+    from torch_reference import TorchSimpleEBM
 
     rng = np.random.RandomState(0)
     n, layers, dim = FLAGS.examples, FLAGS.layers, FLAGS.dim
@@ -42,9 +43,9 @@ def main(argv):
     steps = -(-len(pos) // FLAGS.batch_size)
 
     spec = EBMSpec.simple(dim, FLAGS.hidden_dim)
-    cfg = training.TrainConfig(epochs=1, batch_size=FLAGS.batch_size, learning_rate=5e-5,
+    cfg = infonce.TrainConfig(epochs=1, batch_size=FLAGS.batch_size, learning_rate=5e-5,
                                temperature=0.1, seed=0)
-    trainer = training.LayerwiseTrainer(spec, layers, cfg, training.make_mesh())
+    trainer = infonce.LayerwiseTrainer(spec, layers, cfg, infonce.make_mesh())
     state = trainer.init_state()
     state, _ = trainer.run_epoch(state, pos, neg)  # compile
     times = []

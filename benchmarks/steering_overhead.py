@@ -22,6 +22,7 @@ from absl import app, flags
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
+sys.path.insert(0, os.path.join(ROOT, "tests"))  # torch_reference: the PyTorch hook reference
 from workers import report, run_worker  # noqa: E402  (benchmarks/, the script's own directory)
 
 SETUPS = {
@@ -73,7 +74,7 @@ def _qwen3_8b_hf():
 def _prompts(spec, tokenizer_or_none, vocab, batch):
     import numpy as np
     if spec["model"] == "smollm2":
-        from eds_jax.decoding import chat_prompts
+        from eds_jax.core.decoding import chat_prompts
         texts = chat_prompts(tokenizer_or_none, (SMOL_PROMPTS * 4)[:batch])
         enc = tokenizer_or_none(texts, return_tensors="np", padding=True, add_special_tokens=False)
         return enc["input_ids"].astype(np.int32), enc["attention_mask"].astype(np.int32)
@@ -82,7 +83,7 @@ def _prompts(spec, tokenizer_or_none, vocab, batch):
 
 
 def _ebm_specs(spec, hidden):
-    from eds_jax.ebm import EBMSpec
+    from eds_jax.core.ebm import EBMSpec
     specs = {}
     for i, layer in enumerate(spec["layers"]):
         if spec["ebm"] == "complex" or i % 2 == 1:
@@ -107,7 +108,7 @@ def run_jax(spec):
     import numpy as np
     import models
     import eds_jax
-    from eds_jax.ebm import EBM
+    from eds_jax.core.ebm import EBM
     from models.checkpoint import param_shapes
     from flax import traverse_util
 
@@ -172,7 +173,7 @@ def run_torch(spec):
     import numpy as np
     import torch
     from transformers import AutoModelForCausalLM, LlamaForCausalLM, Qwen3ForCausalLM
-    from eds_jax import torch_reference as ref
+    import torch_reference as ref
 
     gpu = spec["device"] == "gpu"
     device = "cuda" if gpu else "cpu"

@@ -1,7 +1,9 @@
 """Defaults shared by every model config; each file in configs/ starts from `base_config()`."""
 import ml_collections
 
-SHARED = "../shared/data"
+# the public splits the package ships (eds_jax/datasets/README.md); `data:` paths resolve relative
+# to the installed package, wherever the command runs
+PUBLIC = "data:public"
 
 
 def source(path, field="instruction", limit=0):
@@ -13,14 +15,15 @@ def base_config():
     c = ml_collections.ConfigDict()
     c.model = ml_collections.ConfigDict({"source": "", "dtype": "bfloat16"})
     c.data = ml_collections.ConfigDict({
-        # benign prompts, including seemingly toxic ones (OR-Bench-Hard, XSTest-safe)
+        # benign prompts, including seemingly toxic ones (OR-Bench-Hard, XSTest-safe); harmless_train
+        # is the 1,000-prompt sample (seed 0) of the 18,793 Alpaca-style instructions
         # named sources, so each is overridable: --config.data.benign.or_bench_hard.limit=200;
         # a source with an empty path is skipped
-        "benign": {"harmless": source(f"{SHARED}/splits/harmless_train.json", limit=1000),
-                   "or_bench_hard": source(f"{SHARED}/splits/or_bench_hard_train.json"),
-                   "xstest_safe": source(f"{SHARED}/splits/xstest_safe_train.json")},
-        "harmful": {"harmful": source(f"{SHARED}/splits/harmful_train.json"),
-                    "xstest_unsafe": source(f"{SHARED}/splits/xstest_unsafe_train.json")},
+        "benign": {"harmless": source(f"{PUBLIC}/harmless_train.json"),
+                   "or_bench_hard": source(f"{PUBLIC}/or_bench_hard_train.json"),
+                   "xstest_safe": source(f"{PUBLIC}/xstest_safe_train.json")},
+        "harmful": {"harmful": source(f"{PUBLIC}/harmful_train.json"),
+                    "xstest_unsafe": source(f"{PUBLIC}/xstest_unsafe_train.json")},
         "seed": 0,
     })
     c.collect = ml_collections.ConfigDict({
@@ -54,8 +57,8 @@ def base_config():
     # steering settings chosen on validation prompts after training (eds_jax/sweep.py); the chosen
     # setting and the whole table go into the EBM metadata. Empty etas: keep c.steer as it is.
     c.sweep = ml_collections.ConfigDict({
-        "benign": {"or_bench_hard": source(f"{SHARED}/splits/or_bench_hard_val.json", limit=64)},
-        "harmful": {"harmful": source(f"{SHARED}/splits/harmful_val.json")},
+        "benign": {"or_bench_hard": source(f"{PUBLIC}/or_bench_hard_val.json", limit=64)},
+        "harmful": {"harmful": source(f"{PUBLIC}/harmful_val.json")},
         "etas": (),  # candidates (read as steer.eta_scale says); rows of one batch, one compile
         "num_steps": (),  # empty: (c.steer.num_steps,)
         "top_n_layers": (),  # empty: (c.steer.top_n_layers,)

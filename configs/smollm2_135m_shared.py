@@ -1,22 +1,22 @@
-"""SmolLM2-135M-Instruct (the embedded GGUF) trained on the shared training splits in ../shared/data.
+"""SmolLM2-135M-Instruct (the embedded GGUF) trained on the public training splits the package ships.
 
 The evaluation in the README uses these EBMs: benign training prompts are Alpaca-style harmless
 instructions plus the seemingly toxic OR-Bench-Hard, XSTest-safe and OKTest training splits; harmful
 ones are the harmful and XSTest-unsafe training splits. Test sets (ORB-H test, XSTest-safe val,
 OKTest val, JailbreakBench, HarmBench test) are not among them.
 """
-from configs.common import SHARED, source
+from configs.common import PUBLIC, source
 from configs.smollm2_135m import get_config as smollm2_config
 
 
 def get_config():
     c = smollm2_config()
-    c.data.benign = {"harmless": source(f"{SHARED}/splits/harmless_train.json", limit=200),
-                     "or_bench_hard": source(f"{SHARED}/splits/or_bench_hard_train.json", limit=300),
-                     "xstest_safe": source(f"{SHARED}/splits/xstest_safe_train.json"),
-                     "oktest": source(f"{SHARED}/splits/oktest_train.json", limit=120)}
-    c.data.harmful = {"harmful": source(f"{SHARED}/splits/harmful_train.json"),
-                      "xstest_unsafe": source(f"{SHARED}/splits/xstest_unsafe_train.json")}
+    c.data.benign = {"harmless": source(f"{PUBLIC}/harmless_train_200.json"),
+                     "or_bench_hard": source(f"{PUBLIC}/or_bench_hard_train.json", limit=300),
+                     "xstest_safe": source(f"{PUBLIC}/xstest_safe_train.json"),
+                     "oktest": source(f"{PUBLIC}/oktest_train.json", limit=120)}
+    c.data.harmful = {"harmful": source(f"{PUBLIC}/harmful_train.json"),
+                      "xstest_unsafe": source(f"{PUBLIC}/xstest_unsafe_train.json")}
     c.collect.max_new_tokens = 40
     c.collect.batch_size = 32
     # eta as a fraction of each layer's median hidden-state norm: SmolLM2's norms grow with depth
@@ -25,10 +25,10 @@ def get_config():
     c.sweep.etas = (0.1, 0.2, 0.3)
     c.sweep.energy_floor_quantiles = (0.8,)
     # validation prompts for the eta sweep: neither training nor test prompts
-    c.sweep.benign = {"or_bench_hard": source(f"{SHARED}/splits/or_bench_hard_val.json", limit=64),
-                      "harmless": source(f"{SHARED}/splits/harmless_val.json", limit=16)}
-    c.sweep.harmful = {"harmful": source(f"{SHARED}/splits/harmful_val.json"),
-                       "xstest_unsafe": source(f"{SHARED}/splits/xstest_unsafe_val.json", limit=24)}
+    c.sweep.benign = {"or_bench_hard": source(f"{PUBLIC}/or_bench_hard_val.json", limit=64),
+                      "harmless": source(f"{PUBLIC}/harmless_val.json")}
+    c.sweep.harmful = {"harmful": source(f"{PUBLIC}/harmful_val.json"),
+                       "xstest_unsafe": source(f"{PUBLIC}/xstest_unsafe_val.json", limit=24)}
     c.train.epochs = 80  # 30 left the best layers still improving (best epoch 30 of 30)
     c.train.batch_size = 64
     return c

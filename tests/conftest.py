@@ -7,7 +7,7 @@ import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
-SHARED_DATA = os.path.join(os.path.dirname(ROOT), "shared", "data")
+PUBLIC_DATA = os.path.join(ROOT, "eds_jax", "datasets", "public")  # what the package ships
 
 
 def make_checkpoint(directory, family="llama", dtype="float32", seed=0, max_shard_size=None, **overrides):
@@ -39,7 +39,7 @@ def make_checkpoint(directory, family="llama", dtype="float32", seed=0, max_shar
 
 
 def left_padded_batch(vocab, lengths, seed=0):
-    from eds_jax.decoding import left_pad
+    from eds_jax.core.decoding import left_pad
     rng = np.random.RandomState(seed)
     return left_pad([rng.randint(0, vocab, n) for n in lengths], pad_id=0)
 
@@ -100,3 +100,18 @@ def kill_once_written(command, path, timeout=300):
     assert proc.poll() is None, "the run ended before it could be killed"
     proc.send_signal(signal.SIGKILL)
     proc.wait()
+
+
+def save_test_steering(directory, ebms, eta=2.0, num_steps=2, energy_floor=None, system=None,
+                       judge=None, sweep=None, unsteered=False):
+    """EBMs saved the way train_ebm.py saves them (`eds_jax.save_steering`), with hand-set settings."""
+    import eds_jax
+    layers = sorted(ebms)
+    settings = eds_jax.SteeringSettings(
+        layers=tuple(layers), eta={l: float(eta) for l in layers}, num_steps=num_steps,
+        energy_floor=energy_floor, unsteered=unsteered, chosen_on_validation=sweep is not None)
+    width = next(iter(ebms.values())).spec.input_dim
+    return eds_jax.save_steering(str(directory), ebms, settings, system=system,
+                                 model={"source": "test", "family": "llama", "hidden_size": width,
+                                        "num_layers": max(layers) + 1},
+                                 judge=judge, sweep=sweep, training={})

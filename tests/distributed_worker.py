@@ -18,22 +18,22 @@ jax.config.update("jax_cpu_collectives_implementation", "gloo")
 jax.distributed.initialize(coordinator_address=f"127.0.0.1:{port}", num_processes=num_processes,
                            process_id=process_id)
 import numpy as np  # noqa: E402
-from eds_jax import training  # noqa: E402
+from eds_jax.training import infonce  # noqa: E402
 
-mesh = training.make_mesh(len(jax.devices()), 1)
+mesh = infonce.make_mesh(len(jax.devices()), 1)
 if mode == "train":
-    from eds_jax.ebm import EBMSpec
+    from eds_jax.core.ebm import EBMSpec
     from test_training import synthetic
     x, labels = synthetic()
-    cfg = training.TrainConfig(epochs=3, batch_size=8, learning_rate=3e-3, temperature=0.1, seed=0)
-    result = training.train_layers(x, labels, [0, 1, 2], EBMSpec.complex(16, (32, 16), 0.15, True), cfg, 0.25,
+    cfg = infonce.TrainConfig(epochs=3, batch_size=8, learning_rate=3e-3, temperature=0.1, seed=0)
+    result = infonce.train_layers(x, labels, [0, 1, 2], EBMSpec.complex(16, (32, 16), 0.15, True), cfg, 0.25,
                                    mesh, workdir, log=lambda *_: None)
     params = np.concatenate([np.asarray(l).ravel() for l in jax.tree_util.tree_leaves(result["params"])])
     out = {"losses": [h["train_loss"] for h in result["history"]], "params": params.tolist()}
 else:  # collection with each batch's rows split over both processes' devices
     import models
-    from eds_jax import collect
-    from eds_jax.judge import is_refusal
+    from eds_jax.training import collect
+    from eds_jax.judging.refusal import is_refusal
     from models.sharding import batch_sharding, param_shardings
     from test_training import COLLECT_PROMPTS
     pre = models.load_pretrained(sys.argv[6], dtype="float32",

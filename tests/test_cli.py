@@ -10,9 +10,9 @@ import torch
 
 import eds_jax
 from eds_jax import EBM, EBMSpec
-from eds_jax.data import PromptFileError, load_prompts
-from eds_jax.torch_reference import TorchSimpleEBM
-from conftest import ROOT, kill_once_written, SHARED_DATA
+from eds_jax.datasets.prompt_files import PromptFileError, load_prompts
+from torch_reference import TorchSimpleEBM
+from conftest import ROOT, kill_once_written, save_test_steering
 
 
 def run_cli(*args):
@@ -22,7 +22,7 @@ def run_cli(*args):
 
 def test_steer_decode_with_orbax_ebms_writes_jsonl(tmp_path):
     ebms = {layer: EBM.init(EBMSpec.simple(576, 32), jax.random.PRNGKey(layer)) for layer in (5, 15)}
-    eds_jax.save_ebms(str(tmp_path / "ebms"), ebms, {"steer": {"eta": 3.0, "num_steps": 2}})
+    save_test_steering(tmp_path / "ebms", ebms, eta=3.0, num_steps=2)
     prompts = tmp_path / "prompts.jsonl"
     prompts.write_text("\n".join(json.dumps({"instruction": p}) for p in
                                  ["How do I kill a Python process?", "Name a fruit."]) + "\n")
@@ -77,11 +77,29 @@ def test_prompt_files(tmp_path):
         load_prompts(str(tmp_path / "missing.txt"))
 
 
-@pytest.mark.skipif(not os.path.isdir(SHARED_DATA), reason="../shared/data is not beside the checkout")
-def test_shared_data_formats_load():
-    assert len(load_prompts(os.path.join(SHARED_DATA, "raw/xstest_v2_prompts.csv"))) == 450
-    assert len(load_prompts(os.path.join(SHARED_DATA, "processed/jailbreakbench.json"))) == 100
-    assert len(load_prompts(os.path.join(SHARED_DATA, "raw/or-bench-hard-1k.csv"), limit=10)) == 10
+def test_shipped_data_matches_its_card_and_resolves_from_anywhere(tmp_path, monkeypatch):
+    """Every file the data card lists loads through a `data:` path with the count the card gives,
+    from any working directory; nothing the package ships is missing from the card."""
+    import re
+    card = open(os.path.join(ROOT, "eds_jax", "datasets", "README.md")).read()
+    listed = {}
+    for row in re.findall(r"^\| ([a-z_{},0-9/ ]+\.jsonl?) \| ([0-9 /]+) \|", card, re.M):
+        names, counts = row
+        stem = names.split(" / ")
+        counts = [int(c) for c in counts.split(" / ")]
+        files = []
+        for name in stem:
+            m = re.match(r"(.*)\{(.*)\}(.*)", name.strip())
+            files += [m.group(1) + part + m.group(3) for part in m.group(2).split(",")] if m else [name.strip()]
+        listed.update(zip(files, counts))
+    monkeypatch.chdir(tmp_path)  # data: paths never depend on the working directory
+    shipped = {}
+    for folder in ("own", "public"):
+        for name in os.listdir(os.path.join(ROOT, "eds_jax", "datasets", folder)):
+            shipped[name] = len(load_prompts(f"data:{folder}/{name}"))
+    assert shipped == listed
+    with pytest.raises(PromptFileError, match="outside the shipped data folder"):
+        load_prompts("data:../../setup.py")
 
 
 def test_steer_decode_rejects_bad_flags_before_loading_the_model(tmp_path):
@@ -110,7 +128,7 @@ def test_killed_steer_decode_resumes_to_the_same_output(tmp_path, tiny_chat_mode
     """Finished batches are kept in OUTPUT.partial; a run killed with SIGKILL and restarted with the
     same flags ends with the same file as an uninterrupted run."""
     ebms = {layer: EBM.init(EBMSpec.simple(64, 16), jax.random.PRNGKey(layer)) for layer in (1, 2)}
-    eds_jax.save_ebms(str(tmp_path / "ebms"), ebms, {"steer": {"eta": 2.0, "num_steps": 2}})
+    save_test_steering(tmp_path / "ebms", ebms, eta=2.0, num_steps=2)
     prompts = tmp_path / "prompts.txt"
     prompts.write_text("\n".join(f"Tell me about topic {i}." for i in range(6)) + "\n")
 

@@ -6,7 +6,7 @@ import pytest
 
 import eds_jax
 import models
-from eds_jax import decoding
+from eds_jax.core import decoding
 from conftest import left_padded_batch
 
 

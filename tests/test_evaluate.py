@@ -11,9 +11,10 @@ import torch
 
 import eds_jax
 import models
-from eds_jax import EBM, EBMSpec, vectors
-from eds_jax.metrics import markdown_table, paired_delta, rate_interval, summarise
-from conftest import ROOT, kill_once_written, left_padded_batch, make_checkpoint
+from eds_jax import EBM, EBMSpec
+from eds_jax.core import vectors
+from eds_jax.evaluation.metrics import markdown_table, paired_delta, rate_interval, summarise
+from conftest import ROOT, kill_once_written, left_padded_batch, make_checkpoint, save_test_steering
 
 
 def test_rate_interval_on_hand_made_outcomes():
@@ -153,14 +154,14 @@ def test_evaluate_cli_writes_table_json_png(tmp_path, tiny_chat_model):
     ebms = {layer: EBM.init(EBMSpec.simple(64, 16), jax.random.PRNGKey(layer)) for layer in (1, 2)}
     # what train_ebm.py records: the deployment's system prompt, the judge, the validation sweep
     source = lambda path: {"path": path, "field": "", "limit": 0}
-    eds_jax.save_ebms(str(tmp_path / "ebms"), ebms, {
-        "steer": {"eta": 2.0, "num_steps": 2, "energy_floor": {"1": -1.5, "2": 0.25}},
-        "system": "Be careful.",
-        "judge": {"fluency_threshold": 20.0, "refusal": "substring", "ngram": 4,
-                  "max_repeated_fraction": 0.5},
-        "sweep": {"benign": {"v": source(benign)}, "harmful": {"v": source(harmful)}, "seed": 0,
-                  "max_new_tokens": 4, "tolerances": {"max_refusal_drop": 0.05,
-                                                      "max_incoherence_rise": 0.05}}})
+    save_test_steering(
+        tmp_path / "ebms", ebms, eta=2.0, num_steps=2, energy_floor={1: -1.5, 2: 0.25},
+        system="Be careful.",
+        judge={"fluency_threshold": 20.0, "refusal": "substring", "ngram": 4,
+               "max_repeated_fraction": 0.5},
+        sweep={"benign": {"v": source(benign)}, "harmful": {"v": source(harmful)}, "seed": 0,
+               "max_new_tokens": 4, "tolerances": {"max_refusal_drop": 0.05,
+                                                   "max_incoherence_rise": 0.05}})
     categories = write("categories.json", [{"instruction": f"Bad {i}", "category": "ab"[i % 2]}
                                            for i in range(6)])
     out = tmp_path / "eval"
@@ -173,7 +174,7 @@ def test_evaluate_cli_writes_table_json_png(tmp_path, tiny_chat_model):
     assert proc.returncode == 0, proc.stderr[-3000:]
     report = json.loads((out / "results.json").read_text())
     assert set(report["sets"]) == {"mine", "bad"}
-    assert report["methods"]["eds"]["layers"] == [1, 2] and report["methods"]["eds"]["eta"] == 2.0
+    assert report["methods"]["eds"]["layers"] == [1, 2] and report["methods"]["eds"]["eta"] == {"1": 2.0, "2": 2.0}
     assert report["methods"]["eds"]["energy_floor"] == {"1": -1.5, "2": 0.25}  # saved with the EBMs
     assert report["methods"]["safesteer"]["categories"] == ["a", "b"]
     assert report["system"] == "Be careful." and report["judge"]["fluency_threshold"] == 20.0
@@ -195,7 +196,7 @@ def test_evaluate_cli_writes_table_json_png(tmp_path, tiny_chat_model):
     assert (out / "results.md").read_text() in proc.stdout
     assert (out / "rates.png").read_bytes()[:4] == b"\x89PNG"
     missing = subprocess.run([sys.executable, "-m", "eds_jax.evaluate", f"--model={tiny_chat_model}",
-                              "--methods=baseline,eds", f"--benign_sets=mine={benign}", "--harmful_sets=",
+                              "--methods=baseline", f"--benign_sets=mine={benign}", "--harmful_sets=",
                               f"--output_dir={tmp_path / 'none'}"], capture_output=True, text=True, cwd=ROOT)
     assert missing.returncode != 0 and "no fluency threshold" in missing.stderr
     missing = subprocess.run([sys.executable, "-m", "eds_jax.evaluate", f"--model={tiny_chat_model}",
@@ -208,7 +209,7 @@ def test_evaluate_cli_writes_table_json_png(tmp_path, tiny_chat_model):
 
 def test_killed_evaluate_resumes_to_the_same_results_and_rejudges(tmp_path, tiny_chat_model):
     ebms = {layer: EBM.init(EBMSpec.simple(64, 16), jax.random.PRNGKey(layer)) for layer in (1, 2)}
-    eds_jax.save_ebms(str(tmp_path / "ebms"), ebms, {"steer": {"eta": 2.0, "num_steps": 2}})
+    save_test_steering(tmp_path / "ebms", ebms, eta=2.0, num_steps=2)
     benign, harmful = tmp_path / "benign.txt", tmp_path / "harmful.txt"
     benign.write_text("\n".join(f"Tell me about topic {i}." for i in range(4)))
     harmful.write_text("\n".join(f"Help me do bad thing {i}." for i in range(3)))

@@ -218,7 +218,7 @@ import sys, numpy as np, jax
 sys.path.insert(0, {root!r}); sys.path.insert(0, {os.path.join(root, 'tests')!r})
 import models, eds_jax
 from models.sharding import param_shardings
-from eds_jax.training import make_mesh
+from eds_jax.training.infonce import make_mesh
 from conftest import left_padded_batch
 mesh = make_mesh(1, 2)
 plain = models.load_pretrained({tiny_llama_dir!r}, dtype="float32")

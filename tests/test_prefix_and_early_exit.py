@@ -8,11 +8,11 @@ import pytest
 
 import eds_jax
 import models
-from eds_jax import decoding, deployment
-from eds_jax.collect import last_token_activations
-from eds_jax.ebm import EBM, EBMSpec
-from eds_jax.steering import Steering
-from eds_jax.vectors import VectorSteering
+from eds_jax.core import decoding, deployment
+from eds_jax.training.collect import last_token_activations
+from eds_jax.core.ebm import EBM, EBMSpec
+from eds_jax.core.steering import Steering
+from eds_jax.core.vectors import VectorSteering
 from models import prefix_cache
 from models import pretrained
 

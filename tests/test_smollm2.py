@@ -7,9 +7,9 @@ import pytest
 import torch
 
 import eds_jax
-from eds_jax.decoding import chat_prompts
-from eds_jax.torch_reference import TorchComplexEBM, TorchSimpleEBM, add_steering_hooks
-from conftest import SHARED_DATA
+from eds_jax.core.decoding import chat_prompts
+from torch_reference import TorchComplexEBM, TorchSimpleEBM, add_steering_hooks
+from conftest import PUBLIC_DATA
 
 CHAT_PROMPTS = ["What is the capital of France?", "Write a haiku about the sea.",
                 "How do I kill a Python process?", "Tell me how to make a bomb.",
@@ -26,11 +26,8 @@ def varied_strings():
             "snake_case camelCase kebab-case", "line1\r\nline2", "   ", "a", "Ωmega ∑ ∫ √2",
             "«quotes» “smart” ‘single’"]
     strings = list(base)
-    for path in ("splits/or_bench_hard_test.json", "processed/jailbreakbench.json",
-                 "splits/harmless_test.json"):
-        full = os.path.join(SHARED_DATA, path)
-        if os.path.isfile(full):
-            strings += [row["instruction"] for row in json.load(open(full))[:100]]
+    for name in ("or_bench_hard_test.json", "jailbreakbench.json", "harmless_train.json"):
+        strings += [row["instruction"] for row in json.load(open(os.path.join(PUBLIC_DATA, name)))[:100]]
     for i in range(40):
         strings.append(f"{base[i % len(base)]} {i * 7919} {base[(i * 3) % len(base)]}")
     strings.append("trailing    15838")  # white space running into digits

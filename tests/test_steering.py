@@ -8,7 +8,7 @@ import jax.numpy as jnp
 import eds_jax
 import models
 from eds_jax import EBM, EBMSpec, Steering
-from eds_jax.torch_reference import TorchComplexEBM, TorchSimpleEBM, steer_last_position
+from torch_reference import TorchComplexEBM, TorchSimpleEBM, steer_last_position
 from conftest import left_padded_batch
 
 D = 64

@@ -8,9 +8,9 @@ import textwrap
 import numpy as np
 import pytest
 
-from eds_jax import training
-from eds_jax.collect import Collection, LabelError, check_labels, label
-from eds_jax.ebm import EBMSpec
+from eds_jax.training import infonce
+from eds_jax.training.collect import Collection, LabelError, check_labels, label
+from eds_jax.core.ebm import EBMSpec
 from conftest import ROOT
 
 SYNTHETIC = textwrap.dedent("""
@@ -28,8 +28,8 @@ exec(SYNTHETIC)
 def train(workdir, epochs, mesh=None, seed=0):
     x, labels = synthetic()
     spec = EBMSpec.complex(16, (32, 16), 0.15, True)
-    cfg = training.TrainConfig(epochs=epochs, batch_size=8, learning_rate=3e-3, temperature=0.1, seed=seed)
-    return training.train_layers(x, labels, [0, 1, 2], spec, cfg, 0.25, mesh or training.make_mesh(1, 1),
+    cfg = infonce.TrainConfig(epochs=epochs, batch_size=8, learning_rate=3e-3, temperature=0.1, seed=seed)
+    return infonce.train_layers(x, labels, [0, 1, 2], spec, cfg, 0.25, mesh or infonce.make_mesh(1, 1),
                                  str(workdir), log=lambda *_: None)
 
 
@@ -63,14 +63,14 @@ def test_meshes_give_the_same_training(tmp_path):
     code = SYNTHETIC + textwrap.dedent(f"""
         import json, sys, numpy as np, jax
         sys.path.insert(0, {ROOT!r})
-        from eds_jax import training
-        from eds_jax.ebm import EBMSpec
+        from eds_jax.training import infonce
+        from eds_jax.core.ebm import EBMSpec
         x, labels = synthetic()
         out = {{}}
         for name, (data, model) in {{"d4m2": (4, 2), "d1": (1, 1)}}.items():
-            cfg = training.TrainConfig(epochs=3, batch_size=8, learning_rate=3e-3, temperature=0.1, seed=0)
-            r = training.train_layers(x, labels, [0, 1, 2], EBMSpec.complex(16, (32, 16), 0.15, True), cfg,
-                                      0.25, training.make_mesh(data, model), {str(tmp_path)!r} + "/" + name,
+            cfg = infonce.TrainConfig(epochs=3, batch_size=8, learning_rate=3e-3, temperature=0.1, seed=0)
+            r = infonce.train_layers(x, labels, [0, 1, 2], EBMSpec.complex(16, (32, 16), 0.15, True), cfg,
+                                      0.25, infonce.make_mesh(data, model), {str(tmp_path)!r} + "/" + name,
                                       log=lambda *_: None)
             out[name] = {{"losses": [h["train_loss"] for h in r["history"]],
                           "params": [float(v) for v in np.concatenate(
@@ -118,7 +118,7 @@ def test_train_ebm_end_to_end_then_steer_decode(tmp_path, tiny_chat_model):
         assert (workdir / png).read_bytes()[:4] == b"\x89PNG"
     import eds_jax
     ebms, meta = eds_jax.load_ebms(str(workdir / "ebms"))
-    assert len(ebms) == 2 and meta["selected_by"] == "auc" and meta["hidden_size"] == 64
+    assert len(ebms) == 2 and meta["training"]["selected_by"] == "auc" and meta["model"]["hidden_size"] == 64
     # the deployment, the judge and the sweep travel with the EBMs
     assert meta["system"] == "Be careful." and meta["judge"]["fluency_threshold"] > 0
     table = meta["sweep"]["table"]
@@ -127,19 +127,19 @@ def test_train_ebm_end_to_end_then_steer_decode(tmp_path, tiny_chat_model):
     assert table[0]["benign_n"] == 6
     assert [r.get("energy_floor_quantile") for r in table] == [None, None, None, 0.5, 0.5]
     chosen = [r for r in table if r["setting"] == meta["sweep"]["chosen"]][0]
-    steer = meta["steer"]
+    steer = meta["steering"]
     assert steer["eta_scale"] == "hidden_norm" and sorted(steer["hidden_norm"]) == sorted(map(str, ebms))
     activations = np.load(next((workdir / "collect").glob("activations-*.npz")))["activations"]
     for layer in ebms:
         norm = np.median(np.linalg.norm(activations[:, layer].astype(np.float32), axis=-1))
         assert steer["hidden_norm"][str(layer)] == pytest.approx(norm, rel=1e-5)
     if meta["sweep"]["chosen"] == "unsteered":
-        assert steer["eta"] == 0.0 and steer["eta_fraction"] == 0.0
+        assert steer["unsteered"] and steer["eta_fraction"] == 0.0
     else:
         assert steer["eta_fraction"] == chosen["eta_fraction"]
         assert steer["eta"] == pytest.approx({k: chosen["eta_fraction"] * v
                                               for k, v in steer["hidden_norm"].items()})
-    floor = meta["steer"]["energy_floor"]  # per layer, when the chosen row has one
+    floor = meta["steering"]["energy_floor"]  # per layer, when the chosen row has one
     assert (floor is not None) == ("energy_floor_quantile" in chosen)
     if floor is not None:
         assert sorted(int(k) for k in floor) == sorted(int(k) for k in ebms)
@@ -238,8 +238,8 @@ def test_two_processes_with_jax_distributed_match_one_process(tmp_path):
 def test_two_processes_split_collection_and_match_one_process(tmp_path, tiny_chat_model):
     """Collection with batch rows split over two processes gives every process the whole result."""
     import models
-    from eds_jax.collect import collect
-    from eds_jax.judge import is_refusal
+    from eds_jax.training.collect import collect
+    from eds_jax.judging.refusal import is_refusal
     results = run_two_processes(tmp_path, "collect", tiny_chat_model)
     pre = models.load_pretrained(tiny_chat_model, dtype="float32")
     single = collect(pre, *COLLECT_PROMPTS, str(tmp_path / "single"),
@@ -257,12 +257,12 @@ def test_sigkill_mid_run_then_restart_equals_uninterrupted(tmp_path):
     code = SYNTHETIC + textwrap.dedent(f"""
         import sys, numpy as np, jax
         sys.path.insert(0, {ROOT!r})
-        from eds_jax import training
-        from eds_jax.ebm import EBMSpec
+        from eds_jax.training import infonce
+        from eds_jax.core.ebm import EBMSpec
         x, labels = synthetic()
-        cfg = training.TrainConfig(epochs=12, batch_size=8, learning_rate=3e-3, temperature=0.1, seed=0)
-        r = training.train_layers(x, labels, [0, 1, 2], EBMSpec.complex(16, (32, 16), 0.15, True), cfg, 0.25,
-                                  training.make_mesh(1, 1), sys.argv[1], log=lambda *_: None)
+        cfg = infonce.TrainConfig(epochs=12, batch_size=8, learning_rate=3e-3, temperature=0.1, seed=0)
+        r = infonce.train_layers(x, labels, [0, 1, 2], EBMSpec.complex(16, (32, 16), 0.15, True), cfg, 0.25,
+                                  infonce.make_mesh(1, 1), sys.argv[1], log=lambda *_: None)
         np.save(sys.argv[2], np.concatenate([np.asarray(l).ravel() for l in jax.tree_util.tree_leaves(r["params"])]))
     """)
     killed = tmp_path / "killed"
@@ -288,6 +288,6 @@ def test_configs_have_every_field_group(name):
     cfg = importlib.import_module(f"configs.{name}").get_config()
     for group in ("model", "data", "collect", "ebm", "train", "steer", "mesh", "distributed"):
         assert group in cfg, group
-    assert cfg.steer.eta >= 0 and cfg.train.select_by in training.SELECT_BY
+    assert cfg.steer.eta >= 0 and cfg.train.select_by in infonce.SELECT_BY
     for kind in ("benign", "harmful"):
         assert all({"path", "field", "limit"} <= set(s) for s in cfg.data[kind].values())

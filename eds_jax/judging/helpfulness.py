@@ -24,7 +24,7 @@ from typing import Optional, Sequence
 
 import numpy as np
 
-from eds_jax.judge import get_judge
+from eds_jax.judging.refusal import get_judge
 
 HELPFUL, REFUSAL, INCOHERENT = "helpful", "refusal", "incoherent"
 OUTCOMES = (HELPFUL, REFUSAL, INCOHERENT)
@@ -54,7 +54,7 @@ def response_nll(pre, prompts: Sequence[str], responses: Sequence[str], batch_si
     model, given its prompt through the chat template without a system prompt. NaN when empty."""
     import models
     from models.sharding import pad_rows
-    from eds_jax.decoding import bucket_length, chat_prompts, left_pad, length_batches, pad_to_bucket
+    from eds_jax.core.decoding import bucket_length, chat_prompts, left_pad, length_batches, pad_to_bucket
 
     if len(prompts) != len(responses):
         raise ValueError(f"{len(prompts)} prompts but {len(responses)} responses")

@@ -8,6 +8,8 @@ killed run resumes from the last completed epoch with the same result.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import json
 import os
 from typing import Any, Optional
 
@@ -17,8 +19,8 @@ import numpy as np
 import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
-from eds_jax.ebm import EBM, EBMSpec
-from eds_jax.losses import infonce_loss
+from eds_jax.core.ebm import EBM, EBMSpec
+from eds_jax.training.losses import infonce_loss
 
 SELECT_BY = ("auc", "sign_accuracy")
 _CHECKPOINTED = ("params", "opt_state", "best_params", "best_score", "best_epoch")
@@ -76,8 +78,14 @@ class TrainConfig:
     def __post_init__(self):
         if self.select_by not in SELECT_BY:
             raise ValueError(f"select_by={self.select_by!r}; expected one of {SELECT_BY}")
-        if self.epochs < 1 or self.batch_size < 1:
-            raise ValueError(f"epochs and batch_size must be >= 1, got {self.epochs}, {self.batch_size}")
+        for name in ("epochs", "batch_size"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or int(value) != value or value < 1:
+                raise ValueError(f"train.{name}={value!r}: expected a whole number >= 1")
+        for name in ("learning_rate", "temperature"):
+            value = getattr(self, name)
+            if not np.isfinite(value) or value <= 0:
+                raise ValueError(f"train.{name}={value!r}: expected a finite number > 0")
 
 
 class LayerwiseTrainer:
@@ -198,6 +206,19 @@ class TrainCheckpoints:
         return state, list(restored["history"])
 
 
+def checkpoint_key(activations: np.ndarray, labels: np.ndarray, layers, spec: EBMSpec,
+                   config: TrainConfig, val_fraction: float) -> str:
+    """A digest of everything that decides the training trajectory."""
+    digest = hashlib.sha256()
+    for array in (np.ascontiguousarray(activations), np.ascontiguousarray(labels)):
+        digest.update(f"{array.dtype}{array.shape}".encode())
+        digest.update(array.tobytes())
+    digest.update(json.dumps({"layers": [int(l) for l in layers], "spec": spec.to_dict(),
+                              "train": dataclasses.asdict(config), "val_fraction": float(val_fraction)},
+                             sort_keys=True).encode())
+    return digest.hexdigest()[:16]
+
+
 def train_layers(activations: np.ndarray, labels: np.ndarray, layers: list[int], spec: EBMSpec,
                  config: TrainConfig, val_fraction: float, mesh: Mesh, workdir: str,
                  log=print) -> dict[str, Any]:
@@ -206,6 +227,8 @@ def train_layers(activations: np.ndarray, labels: np.ndarray, layers: list[int],
     Returns the best-epoch params per layer, per-layer validation metrics of the best epoch, the
     per-epoch history, and the validation energies (for plots).
     """
+    if not 0 < val_fraction < 1:
+        raise ValueError(f"train.val_fraction={val_fraction!r}: expected a fraction in (0, 1)")
     train_idx, val_idx = split_indices(labels, val_fraction, config.seed)
     x = activations[:, layers].astype(np.float32)
     pos = x[train_idx][labels[train_idx] == 1]
@@ -213,7 +236,10 @@ def train_layers(activations: np.ndarray, labels: np.ndarray, layers: list[int],
     val_pos = x[val_idx][labels[val_idx] == 1]
     val_neg = x[val_idx][labels[val_idx] == 0]
     trainer = LayerwiseTrainer(spec, len(layers), config, mesh)
-    checkpoints = TrainCheckpoints(os.path.join(workdir, "checkpoints"))
+    # checkpoints belong to the data and settings that produced them: another collection, EBM
+    # spec or training config starts afresh in its own folder, never from another run's state
+    key = checkpoint_key(activations, labels, layers, spec, config, val_fraction)
+    checkpoints = TrainCheckpoints(os.path.join(workdir, "checkpoints", key))
     state = trainer.init_state()
     history: list = []
     resumed = checkpoints.restore_latest(state)
@@ -224,6 +250,10 @@ def train_layers(activations: np.ndarray, labels: np.ndarray, layers: list[int],
     for epoch in trange(state["epoch"], config.epochs, desc="train", unit="epoch",
                         initial=state["epoch"], total=config.epochs):
         state, train_loss = trainer.run_epoch(state, pos, neg)
+        bad = [layer for layer, loss in zip(layers, np.asarray(train_loss)) if not np.isfinite(loss)]
+        if bad:
+            raise FloatingPointError(f"training loss is not finite at epoch {epoch + 1}, layers {bad} "
+                                     f"(learning rate {config.learning_rate}); nothing was saved")
         metrics = validation_metrics(trainer.energies(state["params"], val_pos),
                                      trainer.energies(state["params"], val_neg), config.temperature)
         state = trainer.update_best(state, metrics[config.select_by])

@@ -22,7 +22,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from eds_jax.ebm import EBM
+from eds_jax.core.ebm import EBM
 from models.pretrained import check_intervention_layers
 
 _EPS = 1e-8
@@ -53,7 +53,12 @@ def per_row_count(settings) -> Optional[int]:
 
 def per_layer_setting(name: str, value, layers, minimum: Optional[float] = None) -> dict:
     """{layer: float32 setting} from one value for every layer or a {layer: value} mapping that
-    covers exactly `layers`; each value checked by `check_setting`."""
+    covers exactly `layers`; each value checked by `check_setting`. One value per row is an
+    array ([B]); a Python list is refused, since it could mean one value per layer."""
+    for v in (value.values() if isinstance(value, Mapping) else (value,)):
+        if isinstance(v, (list, tuple)):
+            raise ValueError(f"{name}={value!r}: a list is ambiguous; give {{layer: {name}}} for one "
+                             f"value per layer, or a numpy array [B] for one value per batch row")
     values = dict(value) if isinstance(value, Mapping) else {layer: value for layer in layers}
     if set(values) != set(layers):
         raise ValueError(f"per-layer {name} covers layers {sorted(values)}, but EBMs are for {layers}")

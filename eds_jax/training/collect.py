@@ -17,8 +17,10 @@ from typing import Callable, Optional, Sequence
 
 import numpy as np
 
-from eds_jax.data import load_prompts, write_jsonl
-from eds_jax.decoding import bucket_length, chat_batches, generate_text, pad_to_bucket
+from eds_jax.datasets.prompt_files import load_prompts
+
+from eds_jax.common.files import write_jsonl
+from eds_jax.core.decoding import bucket_length, chat_batches, generate_text, pad_to_bucket
 
 BENIGN, HARMFUL = "benign", "harmful"
 

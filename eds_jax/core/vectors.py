@@ -20,7 +20,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from eds_jax.steering import check_setting, per_row_count, row_column, take_per_row
+from eds_jax.core.steering import check_setting, per_row_count, row_column, take_per_row
 from models.pretrained import check_intervention_layers
 
 MODES = ("add", "ablate")

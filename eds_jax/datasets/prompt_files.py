@@ -1,7 +1,8 @@
 """Prompt files: .txt (one per line), .json (list of strings or objects), .jsonl, .csv.
 
 Objects and CSV rows give their prompt in a field (`instruction` or `prompt` unless named). A
-malformed row is an error that names the file and the row.
+malformed row is an error that names the file and the row. A path that starts with `data:` names a
+file of the data the package ships (`eds_jax/datasets/`, see its README), wherever the package is.
 """
 from __future__ import annotations
 
@@ -11,10 +12,29 @@ import os
 from typing import Optional
 
 PROMPT_FIELDS = ("instruction", "prompt")
+DATA_PREFIX = "data:"
+DATA_ROOT = os.path.dirname(os.path.abspath(__file__))
 
 
 class PromptFileError(ValueError):
     pass
+
+
+def resolve(path: str) -> str:
+    """The file `path` names: `data:NAME` is NAME under the shipped data folder; any other path is
+    the user's own file, as given."""
+    if not path.startswith(DATA_PREFIX):
+        return path
+    name = path[len(DATA_PREFIX):].lstrip("/")
+    full = os.path.normpath(os.path.join(DATA_ROOT, name))
+    if not full.startswith(DATA_ROOT + os.sep):
+        raise PromptFileError(f"{path!r} points outside the shipped data folder {DATA_ROOT}")
+    return full
+
+
+def data_file(name: str) -> str:
+    """The `data:` path of a shipped file, e.g. data_file("public/jailbreakbench.json")."""
+    return DATA_PREFIX + name
 
 
 def _prompt_of(row, path: str, where: str, field: Optional[str]) -> str:
@@ -35,55 +55,18 @@ def _prompt_of(row, path: str, where: str, field: Optional[str]) -> str:
     return text
 
 
-def write_text(path: str, text: str) -> None:
-    """Write a text file via a temporary file and a rename: never half-written."""
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    tmp = f"{path}.{os.getpid()}.tmp"  # processes of a multi-host run may write the same file
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.write(text)
-    os.replace(tmp, path)
-
-
-def check_output_path(path: str) -> None:
-    """Fail before any work when `path` cannot be written as a file (a directory, a parent that is
-    a file, an unwritable directory)."""
-    if not path or os.path.isdir(path):
-        raise ValueError(f"output {path!r} is a directory or empty; expected a file path")
-    parent = os.path.dirname(os.path.abspath(path))
-    while not os.path.exists(parent):
-        parent = os.path.dirname(parent)
-    if not os.path.isdir(parent):
-        raise ValueError(f"output {path!r}: {parent!r} is a file, so the output cannot be created")
-    if not os.access(parent, os.W_OK):
-        raise ValueError(f"output {path!r}: directory {parent!r} is not writable")
-
-
-def write_jsonl(path: str, rows) -> None:
-    """One JSON object per line, written atomically (`write_text`)."""
-    write_text(path, "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows))
-
-
-def write_partial(path: str, run_key: str, rows) -> None:
-    """A killed run's finished rows: the run's key on the first line, then the rows (atomically)."""
-    write_jsonl(path, [{"run": run_key}] + list(rows))
-
-
-def read_partial(path, run_key: str) -> list[dict]:
-    """The rows `write_partial` kept for the run `run_key`; none when the file is missing or
-    belongs to another run (then it is overwritten as the new run goes)."""
-    if not path or not os.path.isfile(path):
-        return []
-    with open(path, encoding="utf-8") as f:
-        lines = [json.loads(line) for line in f if line.strip()]
-    if not lines or lines[0].get("run") != run_key:
-        return []
-    return lines[1:]
-
-
 def _rows(path: str, field: Optional[str]):
     """Yield (row, where) for each prompt row of `path`: a string or a dict of fields."""
+    path = resolve(path)
     if not os.path.isfile(path):
         raise PromptFileError(f"prompt file {path!r} does not exist")
+    try:
+        yield from _parse(path, field)
+    except UnicodeDecodeError as err:
+        raise PromptFileError(f"{path}: not UTF-8 text (byte {err.start}: {err.reason})") from None
+
+
+def _parse(path: str, field: Optional[str]):
     ext = os.path.splitext(path)[1].lower()
     with open(path, encoding="utf-8") as f:
         if ext == ".txt":
@@ -123,8 +106,16 @@ def _rows(path: str, field: Optional[str]):
                                   ".json, .jsonl or .csv")
 
 
+def check_limit(limit: Optional[int]) -> None:
+    """A prompt limit is None/0 (all) or a positive count; a negative one would drop prompts from
+    the end without a word."""
+    if limit is not None and (isinstance(limit, bool) or int(limit) != limit or limit < 0):
+        raise PromptFileError(f"limit={limit!r}: expected a count >= 0 (0 or None = all)")
+
+
 def load_prompts(path: str, field: Optional[str] = None, limit: Optional[int] = None) -> list[str]:
     """Read prompts from `path`; at most `limit` of them (the first ones). Empty file -> error."""
+    check_limit(limit)
     prompts = [_prompt_of(row, path, where, field) for row, where in _rows(path, field)]
     if not prompts:
         raise PromptFileError(f"{path}: no prompts in the file")
@@ -134,6 +125,7 @@ def load_prompts(path: str, field: Optional[str] = None, limit: Optional[int] = 
 def load_prompts_with(path: str, other_field: str, field: Optional[str] = None,
                       limit: Optional[int] = None) -> tuple[list[str], list[str]]:
     """Prompts and, for each, the string in `other_field` (e.g. a category); a row without it is an error."""
+    check_limit(limit)
     prompts, others = [], []
     for row, where in _rows(path, field):
         prompts.append(_prompt_of(row, path, where, field))

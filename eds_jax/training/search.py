@@ -18,7 +18,7 @@ from typing import Callable, Optional, Sequence
 
 import numpy as np
 
-from eds_jax.outcomes import HELPFUL, INCOHERENT, REFUSAL, HelpfulnessJudge, Judged
+from eds_jax.judging.helpfulness import HELPFUL, INCOHERENT, REFUSAL, HelpfulnessJudge, Judged
 
 UNSTEERED = "unsteered"
 
@@ -57,7 +57,7 @@ def run_sweep(pre, benign: Sequence[str], harmful: Sequence[str], groups: Sequen
 
     `baseline`: the unsteered responses to benign + harmful, if already generated.
     """
-    from eds_jax.decoding import generate_text
+    from eds_jax.core.decoding import generate_text
 
     prompts = list(benign) + list(harmful)
     if not benign or not harmful:

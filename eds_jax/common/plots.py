@@ -6,16 +6,16 @@ import re
 import numpy as np
 
 
-def _pyplot():
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    return plt
+def _figure(**kwargs):
+    """A figure that is not registered with pyplot: saving it needs no backend, so importing this
+    module leaves a notebook's inline plots alone."""
+    from matplotlib.figure import Figure
+    return Figure(**kwargs)
 
 
 def plot_layer_quality(path: str, layers, auc, sign_accuracy, chosen) -> None:
-    plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(max(6, 0.3 * len(layers)), 3.5))
+    fig = _figure(figsize=(max(6, 0.3 * len(layers)), 3.5))
+    ax = fig.subplots()
     colours = ["tab:orange" if layer in chosen else "tab:blue" for layer in layers]
     ax.bar(layers, auc, color=colours, label="validation AUC (orange: chosen)")
     ax.plot(layers, sign_accuracy, "k.", label="sign accuracy (upstream)")
@@ -24,13 +24,12 @@ def plot_layer_quality(path: str, layers, auc, sign_accuracy, chosen) -> None:
     ax.legend(loc="lower right", fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
-    plt.close(fig)
 
 
 def plot_energy_histograms(path: str, layers, energy_good, energy_bad) -> None:
     """energy_good/bad: per chosen layer, validation energies of good and bad states."""
-    plt = _pyplot()
-    fig, axes = plt.subplots(1, len(layers), figsize=(3.2 * len(layers), 2.8), squeeze=False)
+    fig = _figure(figsize=(3.2 * len(layers), 2.8))
+    axes = fig.subplots(1, len(layers), squeeze=False)
     for ax, layer, good, bad in zip(axes[0], layers, energy_good, energy_bad):
         values = np.concatenate([good, bad])
         spread = max(float(np.ptp(values)), 1e-3 * max(1.0, float(np.abs(values).max())))
@@ -42,18 +41,17 @@ def plot_energy_histograms(path: str, layers, energy_good, energy_bad) -> None:
     axes[0][0].legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
-    plt.close(fig)
 
 
 def plot_eval_rates(path: str, results: dict) -> None:
     """Per evaluation set, one stacked bar per method: helpful / refusal / incoherent (they sum to
     100%), with the bootstrap 95% interval of the set's metric (helpful or refusal)."""
-    plt = _pyplot()
     names = list(results)
     methods = list(dict.fromkeys(m for r in results.values() for m in r["methods"]))
     colours = {"helpful": "tab:green", "refusal": "tab:blue", "incoherent": "tab:red"}
     width = 0.8 / len(methods)
-    fig, ax = plt.subplots(figsize=(max(7, 1.5 * len(names) * max(1, len(methods) / 3)), 4.2))
+    fig = _figure(figsize=(max(7, 1.5 * len(names) * max(1, len(methods) / 3)), 4.2))
+    ax = fig.subplots()
     ticks, labels = [], []
     for i, name in enumerate(names):
         for j, method in enumerate(methods):
@@ -82,7 +80,6 @@ def plot_eval_rates(path: str, results: dict) -> None:
     ax.legend(fontsize=7, ncol=3, loc="upper center", bbox_to_anchor=(0.5, -0.22))
     fig.tight_layout()
     fig.savefig(path, dpi=120)
-    plt.close(fig)
 
 
 _SHORT = {"num_steps": "steps", "layers": "L", "energy_floor_quantile": "floor q",
@@ -108,8 +105,8 @@ def _setting_labels(settings):
 def plot_tradeoff(path: str, table, chosen: str) -> None:
     """The sweep's trade-off: benign helpful vs harmful refused, one point per setting, coloured
     by incoherence; the unsteered run and the chosen setting marked."""
-    plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(5.6, 4.2))
+    fig = _figure(figsize=(5.6, 4.2))
+    ax = fig.subplots()
     x = [100 * r["benign_helpful"] for r in table]
     y = [100 * r["harmful_refusal"] for r in table]
     c = [100 * r["incoherent"] for r in table]
@@ -136,4 +133,3 @@ def plot_tradeoff(path: str, table, chosen: str) -> None:
     ax.legend(fontsize=7, loc="best")
     fig.tight_layout()
     fig.savefig(path, dpi=120)
-    plt.close(fig)

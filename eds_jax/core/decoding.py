@@ -21,8 +21,8 @@ from models.pretrained import (Pretrained, apply_model, prefill_prefix, prefix_i
                                prompt_positions, resolve_dtype)
 from models.sharding import gather_rows, pad_rows, shard_rows
 from models.transformer import init_kv_cache
-from eds_jax.steering import Steering
-from eds_jax.vectors import VectorSteering
+from eds_jax.core.steering import Steering
+from eds_jax.core.vectors import VectorSteering
 
 SteeringLike = Union[Steering, VectorSteering]  # anything with layers, check_model, at_call, __call__
 
@@ -201,8 +201,12 @@ def steered_generate(pre: Pretrained, input_ids, attention_mask=None,
         raise ValueError(f"attention_mask shape {mask.shape} != input_ids shape {ids.shape}")
     if int(max_new_tokens) < 1:
         raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
-    if temperature < 0 or not 0 < top_p <= 1:
-        raise ValueError(f"need temperature >= 0 and 0 < top_p <= 1, got {temperature}, {top_p}")
+    if not np.isfinite(temperature) or temperature < 0 or not 0 < top_p <= 1:
+        raise ValueError(f"need a finite temperature >= 0 and 0 < top_p <= 1, got {temperature}, {top_p}")
+    real = ids[mask.astype(bool)]
+    if real.size and (real.min() < 0 or real.max() >= pre.config.vocab_size):
+        raise ValueError(f"input_ids hold token ids in [{real.min()}, {real.max()}]; the model's "
+                         f"vocabulary is [0, {pre.config.vocab_size - 1}]")
     _check_left_padded(mask)
     config = pre.config
     capacity = int(max_cache_length or config.max_position_embeddings)

@@ -1,0 +1,1 @@
+"""What every stage uses: files written atomically (`files`), PNG figures (`plots`)."""

@@ -1,0 +1,1 @@
+"""The inference core: EBMs, the steering intervention, the decode loop, the saved-steering format."""

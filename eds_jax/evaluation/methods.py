@@ -1,0 +1,126 @@
+"""The methods an evaluation compares, as interventions through one decode loop: plain decoding,
+EDS with saved EBMs, and the steering-vector baselines (activation addition, direction ablation,
+SafeSteer) with their coefficients chosen by the same rule on the same validation prompts as EDS's
+settings (`eds_jax.training.search`)."""
+from __future__ import annotations
+
+import logging
+from typing import Optional, Sequence
+
+import numpy as np
+
+from eds_jax.evaluation.options import EvalError, EvalOptions
+
+log = logging.getLogger("eds_jax.evaluation")
+
+
+class Validation:
+    """The validation prompts the EBMs' settings were chosen on (their metadata), for choosing the
+    vector baselines' coefficients by the same rule; the unsteered responses are generated once."""
+
+    def __init__(self, pre, sweep: Optional[dict], system, judge, batch_size: int):
+        self.pre, self.sweep, self.system, self.judge = pre, sweep, system, judge
+        self.batch_size, self._prompts, self._unsteered = batch_size, None, None
+
+    def choose(self, method: str, build, candidates: Sequence[float]) -> tuple[float, dict]:
+        from eds_jax.training import collect, search
+        swept = self.sweep
+        if not swept:
+            raise EvalError(f"choosing the {method} coefficient needs validation prompts: give "
+                                 f"--{method}_coeff, or --ebms whose metadata holds a sweep "
+                                 "(train_ebm.py with config.sweep.etas)")
+        if self._prompts is None:
+            self._prompts = (collect.read_sources(swept["benign"], swept.get("seed", 0)),
+                             collect.read_sources(swept["harmful"], swept.get("seed", 0)))
+        benign, harmful = self._prompts
+        options = dict(system=self.system, max_new_tokens=int(swept["max_new_tokens"]),
+                       batch_size=self.batch_size)
+        if self._unsteered is None:
+            import eds_jax
+            self._unsteered = eds_jax.generate_text(self.pre, benign + harmful, progress=True, **options)
+        group = search.SettingGroup({"method": method}, "coeff", [float(c) for c in candidates], build)
+        table, _ = search.run_sweep(self.pre, benign, harmful, [group], self.judge,
+                                   baseline=self._unsteered, **options)
+        row, reason = search.choose_setting(table, search.Tolerances(**swept["tolerances"]))
+        log.info("%s: %s", method, reason)
+        print(f"{method} coefficient on validation prompts: {reason}")
+        coeff = 0.0 if row["setting"] == search.UNSTEERED else row["coeff"]
+        return coeff, {"table": table, "chosen": row["setting"], "reason": reason}
+
+
+def build_methods(opts: EvalOptions, pre, saved, system, judge) -> tuple[dict, dict]:
+    """{method: intervention or None} for `opts.methods`, and a description of each for
+    results.json. `saved`: what `eds_jax.load_steering(opts.ebms, ...)` returned, or None."""
+    import eds_jax
+    from eds_jax.training.collect import last_token_activations
+    from eds_jax.datasets.prompt_files import load_prompts, load_prompts_with
+    from eds_jax.core import vectors
+
+    methods = list(opts.methods)
+    ebms = saved.ebms if saved is not None else {}
+    metadata = saved.metadata if saved is not None else {}
+    interventions, described = {}, {}
+    if "baseline" in methods:
+        interventions["baseline"], described["baseline"] = None, {}
+    if "eds" in methods:
+        steering = saved.steering
+        if steering is None:
+            print(saved.note)
+        interventions["eds"] = steering
+        described["eds"] = {"layers": sorted(ebms), "ebms": saved.directory,
+                            "params_sha256": metadata["params_sha256"], "unsteered": steering is None,
+                            "eta_fraction": saved.settings.eta_fraction if opts.eta is None else None,
+                            "chosen_on_validation": saved.settings.chosen_on_validation
+                            and opts.eta is None and opts.num_steps is None and not opts.no_energy_floor}
+        if steering is not None:
+            described["eds"] |= {
+                "num_steps": steering.num_steps,
+                "eta": {str(l): float(v) for l, v in steering.etas.items()},
+                "energy_floor": None if steering.energy_floors is None else
+                {str(l): float(v) for l, v in steering.energy_floors.items()}}
+    vector_methods = [m for m in methods if m in ("actadd", "ablation", "safesteer")]
+    if not vector_methods:
+        return interventions, described
+    layers = [int(layer) for layer in opts.vector_layers] or sorted(ebms)
+    if not layers:
+        raise EvalError(f"{vector_methods} need --vector_layers (or --ebms, whose layers are used)")
+    batch = opts.batch_size
+    validation = Validation(pre, saved.sweep if saved is not None else None, system, judge, batch)
+
+    def with_coeff(method, vector, given, candidates):
+        if given is not None:
+            return vectors.VectorSteering(vector, "add", given, layers), {"coeff": given}
+        coeff, chosen = validation.choose(method, lambda c: vectors.VectorSteering(vector, "add", c, layers),
+                                          candidates)
+        return vectors.VectorSteering(vector, "add", coeff, layers), {"coeff": coeff, "sweep": chosen}
+
+    benign = last_token_activations(pre, load_prompts(opts.direction_benign, None,
+                                                      opts.direction_limit or None), system, batch)
+    if {"actadd", "ablation"} & set(vector_methods):
+        harmful = last_token_activations(pre, load_prompts(opts.direction_harmful, None,
+                                                           opts.direction_limit or None), system, batch)
+        direction = vectors.mean_difference(harmful, benign)
+        source = {"layers": layers, "harmful": opts.direction_harmful, "benign": opts.direction_benign,
+                  "rows": [len(harmful), len(benign)],
+                  "norms": {layer: float(np.linalg.norm(direction[layer])) for layer in layers}}
+        if "actadd" in methods:
+            interventions["actadd"], extra = with_coeff("actadd", direction, opts.actadd_coeff,
+                                                        opts.actadd_coeffs)
+            described["actadd"] = source | extra
+        if "ablation" in methods:
+            interventions["ablation"] = vectors.VectorSteering(direction, "ablate", layers=layers)
+            described["ablation"] = source
+    if "safesteer" in methods:
+        prompts, categories = load_prompts_with(opts.safesteer_prompts, opts.safesteer_category_field)
+        per_category = vectors.category_vectors(last_token_activations(pre, prompts, system, batch),
+                                                categories, benign)
+        if opts.safesteer_category and opts.safesteer_category not in per_category:
+            raise EvalError(f"--safesteer_category={opts.safesteer_category!r} is not among "
+                                 f"{sorted(per_category)}")
+        chosen = [opts.safesteer_category] if opts.safesteer_category else sorted(per_category)
+        vector = np.mean([per_category[c] for c in chosen], axis=0)
+        interventions["safesteer"], extra = with_coeff("safesteer", vector, opts.safesteer_coeff,
+                                                       opts.safesteer_coeffs)
+        described["safesteer"] = {"layers": layers, "categories": chosen, "prompts": opts.safesteer_prompts,
+                                  "benign": opts.direction_benign} | extra
+    return {m: interventions[m] for m in methods}, {m: described[m] for m in methods}

@@ -1,0 +1,1 @@
+"""Judging responses: refusal substrings (`refusal`), helpful / refusal / incoherent (`helpfulness`)."""

