@@ -169,6 +169,15 @@ def steering_record(steering, saved) -> Optional[dict]:
     return record
 
 
+def check_against_model(config, saved) -> None:
+    """What needs only the model's config: EBM width and layers, the token budget."""
+    if saved is not None:
+        saved.check_model(config)
+    if FLAGS.max_new_tokens >= config.max_position_embeddings:
+        raise app.UsageError(f"--max_new_tokens={FLAGS.max_new_tokens} does not fit the model's "
+                             f"{config.max_position_embeddings} positions")
+
+
 def check_flags() -> None:
     """Everything that can be checked before the model loads (minutes for an 8B model)."""
     from eds_jax.common.files import check_output_path
@@ -218,6 +227,7 @@ def run() -> list[dict]:
             system=FLAGS.system, dropout_at_inference=FLAGS.dropout_at_inference, seed=FLAGS.seed,
             record_energy_after=True)
     source = FLAGS.model or models.smollm2_gguf_path()
+    check_against_model(models.read_config(source), saved)  # before the weights load
     pre = models.load_pretrained(source, dtype=FLAGS.dtype)
     steering, saved = build_steering(pre.config.hidden_size, saved)
     if steering is not None:

@@ -50,7 +50,10 @@ class GGUFFile:
         try:
             self.reader = gguf.GGUFReader(path)
         except Exception as err:  # the reader raises assorted errors on a corrupt file
-            raise CheckpointError(f"cannot read GGUF file {path!r}: {err}") from err
+            # a tensor cut short by the end of the file shows as a failed reshape
+            what = ("the file is truncated (a tensor runs past its end)"
+                    if isinstance(err, ValueError) and "reshape" in str(err) else str(err).splitlines()[0])
+            raise CheckpointError(f"cannot read GGUF file {path!r}: {what}") from None
         self.path = path
         self.arch = self.field("general.architecture")
         if self.arch not in _ARCH_FAMILY:
@@ -58,6 +61,11 @@ class GGUFFile:
                 f"{path}: GGUF architecture {self.arch!r} is not supported; expected one of "
                 f"{sorted(_ARCH_FAMILY)}")
         self.tensors = {t.name: t for t in self.reader.tensors}
+        size = os.path.getsize(path)
+        for t in self.reader.tensors:
+            if t.data_offset + t.n_bytes > size or t.data.size * t.data.itemsize < t.n_bytes:
+                raise CheckpointError(f"GGUF file {path!r} is truncated: tensor {t.name} needs bytes up "
+                                      f"to {t.data_offset + t.n_bytes:,}, the file has {size:,}")
 
     def field(self, key: str, default: Any = None) -> Any:
         field = self.reader.fields.get(key)

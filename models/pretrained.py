@@ -142,6 +142,23 @@ def load_pretrained(source: str, dtype="bfloat16", shardings=None) -> Pretrained
     return _load_hf_directory(_hub_cache_dir(source), dtype, shardings)
 
 
+def read_config(source: str) -> ModelConfig:
+    """The `ModelConfig` of a checkpoint, read without its weights (seconds, even for 8B+), so a
+    command line can check EBM widths, layers and lengths before the expensive load."""
+    from transformers import AutoConfig
+    source = os.fspath(source)
+    if source.endswith(".gguf"):
+        from models.gguf_file import GGUFFile
+        return GGUFFile(source).config()
+    if os.path.isdir(source):
+        if not os.path.isfile(os.path.join(source, "config.json")):
+            raise CheckpointError(f"{source} is a directory without config.json")
+        return from_hf_config(AutoConfig.from_pretrained(source))
+    if os.path.exists(source) or source.startswith((".", "/")) or source.count("/") > 1:
+        raise CheckpointError(f"model source {source!r} does not exist or is not a directory/.gguf")
+    return from_hf_config(AutoConfig.from_pretrained(_hub_cache_dir(source)))
+
+
 def prompt_positions(attention_mask: jax.Array) -> jax.Array:
     """RoPE positions that skip left padding: the first real token is position 0."""
     return jnp.maximum(jnp.cumsum(attention_mask.astype(jnp.int32), axis=-1) - 1, 0)

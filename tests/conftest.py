@@ -115,3 +115,13 @@ def save_test_steering(directory, ebms, eta=2.0, num_steps=2, energy_floor=None,
                                  model={"source": "test", "family": "llama", "hidden_size": width,
                                         "num_layers": max(layers) + 1},
                                  judge=judge, sweep=sweep, training={})
+
+
+def flip_one_bit(directory):
+    """Flip one bit in the middle of the largest parameter file of a saved EBM directory."""
+    files = [os.path.join(root, f) for root, _, names in os.walk(os.path.join(directory, "params"))
+             for f in names]
+    path = max(files, key=os.path.getsize)
+    data = bytearray(open(path, "rb").read())
+    data[len(data) // 2] ^= 0x10
+    open(path, "wb").write(bytes(data))

@@ -11,7 +11,7 @@ import eds_jax
 from eds_jax import EBM, EBMSpec, SavedSteeringError, SteeringSettings
 from eds_jax.core import deployment
 
-from conftest import save_test_steering
+from conftest import flip_one_bit, save_test_steering
 
 
 def _ebms(width, layers):
@@ -58,20 +58,10 @@ def test_a_kept_unsteered_choice_loads_as_no_steering_with_a_note(tmp_path):
     assert forced.steering is not None and forced.steering.layers == (1, 2)
 
 
-def _flip_one_bit(directory):
-    """Flip one bit in the largest file of the saved parameters (the array data)."""
-    files = [os.path.join(root, f) for root, _, names in os.walk(os.path.join(directory, "params"))
-             for f in names]
-    path = max(files, key=os.path.getsize)
-    data = bytearray(open(path, "rb").read())
-    data[len(data) // 2] ^= 0x10
-    open(path, "wb").write(bytes(data))
-
-
 def test_changed_parameter_files_are_refused(tmp_path):
     _save(tmp_path / "e")
     before = eds_jax.load_steering(str(tmp_path / "e"))
-    _flip_one_bit(str(tmp_path / "e"))
+    flip_one_bit(str(tmp_path / "e"))
     with pytest.raises(ValueError, match="digest|corrupt|cannot be read"):
         eds_jax.load_steering(str(tmp_path / "e"))
     assert before.metadata["params_sha256"]

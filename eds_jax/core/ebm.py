@@ -183,7 +183,9 @@ def load_torch_ebm(path: str, architecture: str = "simple", input_dim: int = Non
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # torch raises many kinds on a corrupt file
-        raise ValueError(f"cannot read EBM state dict {path!r}: {err}") from err
+        # torch's own message suggests weights_only=False, i.e. running the file's code: not passed on
+        raise ValueError(f"cannot read EBM state dict {path!r}: not a PyTorch state-dict file "
+                         f"({type(err).__name__})") from None
     if not isinstance(state, dict):
         raise ValueError(f"{path}: expected a state dict, got {type(state).__name__}")
     return ebm_from_state_dict({k: v.detach().float().numpy() for k, v in state.items()}, spec, path)

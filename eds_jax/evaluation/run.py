@@ -110,9 +110,11 @@ def evaluate(opts: EvalOptions) -> dict:
     import eds_jax
     from eds_jax.common.files import read_partial, write_partial
 
-    check_options(opts)
-    if opts.rejudge:
+    if opts.rejudge:  # judges stored responses: no methods, sets or model involved
+        if os.path.exists(opts.output_dir) and not os.path.isdir(opts.output_dir):
+            raise EvalError(f"output_dir={opts.output_dir!r} is a file; expected a directory")
         return rejudge(opts, opts.rejudge)
+    check_options(opts)
     start = time.time()
     sets = (parse_sets(opts.benign_sets, BENIGN, opts.prompt_field, opts.limit)
             + parse_sets(opts.harmful_sets, HARMFUL, opts.prompt_field, opts.limit))
@@ -128,9 +130,10 @@ def evaluate(opts: EvalOptions) -> dict:
                                       system=opts.system)
     judge = helpfulness_judge(opts, saved.judge if saved is not None else None)
     system = saved.system if saved is not None else opts.system
-    pre = models.load_pretrained(opts.model or models.smollm2_gguf_path(), dtype=opts.dtype)
-    if saved is not None:  # before vectors and generation
-        saved.check_model(pre.config)
+    source = opts.model or models.smollm2_gguf_path()
+    if saved is not None:  # from the config alone, before the weights load
+        saved.check_model(models.read_config(source))
+    pre = models.load_pretrained(source, dtype=opts.dtype)
     interventions, described = build_methods(opts, pre, saved, system, judge)
     for intervention in interventions.values():
         if intervention is not None:

@@ -78,7 +78,7 @@ def check_config(cfg) -> None:
         if value < 1:
             raise ValueError(f"config.collect.{name}={value!r}: expected >= 1")
     if cfg.steer.top_n_layers < 1 or any(int(n) < 1 for n in cfg.sweep.top_n_layers):
-        raise ValueError(f"config.steer.top_n_layers / sweep.top_n_layers must be >= 1")
+        raise ValueError("config.steer.top_n_layers / sweep.top_n_layers must be >= 1")
 
 
 def summary_table(layers, result, chosen) -> str:
@@ -243,12 +243,23 @@ def train_and_choose(cfg, workdir: str) -> TrainResult:
     benign = collection_lib.read_sources(cfg.data.benign, cfg.data.seed)
     harmful = collection_lib.read_sources(cfg.data.harmful, cfg.data.seed)
     validation = validation_prompts(cfg, set(benign) | set(harmful))
+    source = resolve_model_source(cfg.model.source)
+    model_config = models.read_config(source)  # a bad EBM setting fails before anything is written
+    EBMSpec.build(cfg.ebm.architecture, model_config.hidden_size, cfg.ebm.hidden_dim,
+                  tuple(cfg.ebm.hidden_dims), cfg.ebm.dropout_rate, cfg.ebm.use_layernorm)
+    tops = [int(cfg.steer.top_n_layers)] + [int(n) for n in cfg.sweep.top_n_layers]
+    if max(tops) > model_config.num_layers:
+        raise ValueError(f"config.steer/sweep.top_n_layers {max(tops)} > the model's {model_config.num_layers} layers")
+    for name, tokens in (("collect", cfg.collect.max_new_tokens), ("sweep", cfg.sweep.max_new_tokens)):
+        if tokens >= model_config.max_position_embeddings:
+            raise ValueError(f"config.{name}.max_new_tokens={tokens} does not fit the model's "
+                             f"{model_config.max_position_embeddings} positions")
     maybe_initialize_distributed(cfg)
     os.makedirs(workdir, exist_ok=True)
     mesh = infonce.make_mesh(cfg.mesh.data, cfg.mesh.model)
     # the LLM's weights are split over the mesh's `model` axis (so 8B+ fits across chips) and
     # replicated over `data`; collection batches are split over `data`
-    pre = models.load_pretrained(resolve_model_source(cfg.model.source), dtype=cfg.model.dtype,
+    pre = models.load_pretrained(source, dtype=cfg.model.dtype,
                                  shardings=lambda config: param_shardings(config, mesh))
     spec = EBMSpec.build(cfg.ebm.architecture, pre.config.hidden_size, cfg.ebm.hidden_dim,
                          tuple(cfg.ebm.hidden_dims), cfg.ebm.dropout_rate, cfg.ebm.use_layernorm)
