@@ -103,7 +103,7 @@ def kill_once_written(command, path, timeout=300):
 
 
 def save_test_steering(directory, ebms, eta=2.0, num_steps=2, energy_floor=None, system=None,
-                       judge=None, sweep=None, unsteered=False):
+                       judge=None, sweep=None, unsteered=False, overwrite=False):
     """EBMs saved the way train_ebm.py saves them (`eds_jax.save_steering`), with hand-set settings."""
     import eds_jax
     layers = sorted(ebms)
@@ -114,7 +114,7 @@ def save_test_steering(directory, ebms, eta=2.0, num_steps=2, energy_floor=None,
     return eds_jax.save_steering(str(directory), ebms, settings, system=system,
                                  model={"source": "test", "family": "llama", "hidden_size": width,
                                         "num_layers": max(layers) + 1},
-                                 judge=judge, sweep=sweep, training={})
+                                 judge=judge, sweep=sweep, training={}, overwrite=overwrite)
 
 
 def flip_one_bit(directory):

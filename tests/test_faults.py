@@ -156,7 +156,7 @@ def test_resumed_steer_decode_never_mixes_ebms(tmp_path, tiny_chat_model):
     partial = tmp_path / "out.jsonl.partial"
     kill_once_written(args, partial)
     assert partial.exists() and not out.exists()
-    save_test_steering(ebms_dir, _ebms(64, (1, 2), seed=7), eta=3.0)  # retrained into the same place
+    save_test_steering(ebms_dir, _ebms(64, (1, 2), seed=7), eta=3.0, overwrite=True)  # retrained in place
     again = subprocess.run(args, capture_output=True, text=True, cwd=ROOT)
     assert again.returncode == 0, again.stderr[-2000:]
     assert "resuming" not in again.stderr
