@@ -6,7 +6,7 @@ setup(
     description="Energy-Driven Steering (EDS) for LLM safety in JAX/Flax",
     python_requires=">=3.10",
     packages=find_packages(include=["models", "models.*", "eds_jax", "eds_jax.*", "configs"]),
-    package_data={"eds_jax.datasets": ["README.md", "own/*.jsonl", "public/*.json"]},
+    package_data={"eds_jax.datasets": ["README.md", "own/*.jsonl", "public/*.json", "public/mmlu/*.csv"]},
     py_modules=["steer_decode", "train_ebm"],
     install_requires=[
         "jax>=0.4.35",

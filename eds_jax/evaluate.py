@@ -56,6 +56,10 @@ flags.DEFINE_string("safesteer_category", "", "the category whose vector is appl
 flags.DEFINE_float("safesteer_coeff", None, "SafeSteer coefficient (< 0 steers away from the "
                    "category); default: chosen from --safesteer_coeffs on the validation prompts")
 flags.DEFINE_list("safesteer_coeffs", list(D.safesteer_coeffs), "candidates for the SafeSteer coefficient")
+flags.DEFINE_string("mmlu", D.mmlu, "MMLU CSV file or folder (e.g. data:public/mmlu, 10 per subject): "
+                    "zero-shot multiple-choice accuracy of every method (empty: skip)")
+flags.DEFINE_integer("mmlu_per_subject", D.mmlu_per_subject, "a seeded sample of this many MMLU "
+                     "questions per subject (0 = all given)")
 flags.DEFINE_integer("bootstrap", D.bootstrap, "bootstrap resamples for the 95% intervals")
 flags.DEFINE_integer("seed", 0, "bootstrap seed")
 flags.DEFINE_string("output_dir", D.output_dir, "where results.md/json, rates.png, responses.jsonl go")

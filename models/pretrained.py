@@ -265,6 +265,17 @@ def forward(pre: Pretrained, input_ids, attention_mask=None, output_hidden_state
     return out._replace(kv_cache=None)
 
 
+def last_token_logits(pre: Pretrained, input_ids, attention_mask=None,
+                      intervention: Optional[Intervention] = None) -> jax.Array:
+    """float32 [B, V]: the logits at each row's last position (the first generated token's
+    distribution), with the LM head run on that position only."""
+    input_ids, attention_mask = _checked_batch(pre, input_ids, attention_mask)
+    if intervention is not None and hasattr(intervention, "check_model"):
+        intervention.check_model(pre.config)
+    return _forward(pre.params, input_ids, attention_mask, intervention, None, config=pre.config,
+                    dtype=pre.dtype, output_hidden_states=False, num_logits=1).logits[:, -1]
+
+
 @functools.partial(jax.jit, static_argnames=("config", "dtype", "last"))
 def _next_token_logprobs(params, input_ids, attention_mask, *, config, dtype, last):
     logits = _forward(params, input_ids, attention_mask, None, None, config=config, dtype=dtype,

@@ -164,15 +164,20 @@ def test_evaluate_cli_writes_table_json_png(tmp_path, tiny_chat_model):
                                                    "max_incoherence_rise": 0.05}})
     categories = write("categories.json", [{"instruction": f"Bad {i}", "category": "ab"[i % 2]}
                                            for i in range(6)])
+    mmlu = tmp_path / "astronomy_test.csv"
+    mmlu.write_text('Which planet is largest?,Mars,"Jupiter, the gas giant",Venus,Earth,B\nWhat is a star?,"A sun",rock,ice,gas,A\n')
     out = tmp_path / "eval"
     proc = subprocess.run(
         [sys.executable, "-m", "eds_jax.evaluate", f"--model={tiny_chat_model}", f"--ebms={tmp_path / 'ebms'}",
          f"--benign_sets=mine={benign}", f"--harmful_sets=bad={harmful}", f"--direction_benign={benign}",
          f"--direction_harmful={harmful}", f"--safesteer_prompts={categories}", "--max_new_tokens=4",
-         "--batch_size=2", "--bootstrap=200", f"--output_dir={out}"],
+         "--batch_size=2", "--bootstrap=200", f"--output_dir={out}", f"--mmlu={mmlu}"],
         capture_output=True, text=True, cwd=ROOT)
     assert proc.returncode == 0, proc.stderr[-3000:]
     report = json.loads((out / "results.json").read_text())
+    capability = report["capability"]  # every method answers the same MMLU questions
+    assert capability["n"] == 2 and list(capability["methods"]) == ["baseline", "eds", "actadd", "ablation", "safesteer"]
+    assert capability["methods"]["eds"]["changed"] <= 2 and "MMLU, zero-shot, 2 questions" in proc.stdout
     assert set(report["sets"]) == {"mine", "bad"}
     assert report["methods"]["eds"]["layers"] == [1, 2] and report["methods"]["eds"]["eta"] == {"1": 2.0, "2": 2.0}
     assert report["methods"]["eds"]["energy_floor"] == {"1": -1.5, "2": 0.25}  # saved with the EBMs

@@ -27,10 +27,16 @@ def rate_interval(outcomes: Sequence[bool], num_boot: int = 2000, seed: int = 0)
 def paired_delta(outcomes: Sequence[bool], baseline: Sequence[bool], num_boot: int = 2000,
                  seed: int = 0) -> dict:
     """rate(outcomes) - rate(baseline) on the same prompts, with a paired-bootstrap 95% interval."""
-    x, b = np.asarray(outcomes, bool), np.asarray(baseline, bool)
+    return paired_mean_delta(np.asarray(outcomes, bool), np.asarray(baseline, bool), num_boot, seed)
+
+
+def paired_mean_delta(values: Sequence[float], baseline: Sequence[float], num_boot: int = 2000,
+                      seed: int = 0) -> dict:
+    """mean(values) - mean(baseline) over the same items, with a paired-bootstrap 95% interval."""
+    x, b = np.asarray(values, np.float64), np.asarray(baseline, np.float64)
     if x.shape != b.shape or x.ndim != 1 or x.size == 0:
         raise ValueError(f"paired outcomes need equal non-empty 1-D shapes, got {x.shape} and {b.shape}")
-    diff = x.astype(np.float64) - b
+    diff = x - b
     resampled = diff[np.random.RandomState(seed).randint(0, x.size, (num_boot, x.size))].mean(axis=1)
     low, high = np.percentile(resampled, [2.5, 97.5])
     return {"delta": float(diff.mean()), "low": float(low), "high": float(high)}

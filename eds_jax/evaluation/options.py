@@ -43,6 +43,8 @@ class EvalOptions:
     safesteer_category: str = ""
     safesteer_coeff: Optional[float] = None
     safesteer_coeffs: Sequence[str] = ("-0.25", "-0.5", "-1", "-2")
+    mmlu: str = ""  # MMLU CSV file or folder for the capability check ("" = skip), e.g. data:public/mmlu
+    mmlu_per_subject: int = 0  # a seeded sample per subject (0 = every question given)
     bootstrap: int = 2000
     seed: int = 0
     rejudge: Optional[str] = None

@@ -123,6 +123,10 @@ def evaluate(opts: EvalOptions) -> dict:
     names = [s.name for s in sets]
     if len(set(names)) != len(names):
         raise EvalError(f"set names must be unique, got {names}")
+    questions = []
+    if opts.mmlu:  # read before the model loads
+        from eds_jax.evaluation.capability import read_mmlu
+        questions = read_mmlu(opts.mmlu, opts.mmlu_per_subject or None, opts.seed)
     saved = None
     if opts.ebms:  # a bad directory or setting fails before the model loads
         saved = eds_jax.load_steering(opts.ebms, eta=opts.eta, num_steps=opts.num_steps,
@@ -168,9 +172,17 @@ def evaluate(opts: EvalOptions) -> dict:
     # the order of a run that was never interrupted
     order = [(s.name, m) for s in sets for m in interventions]
     rows = sorted(rows, key=lambda r: order.index((r["set"], r["method"])))
-    report = write_report(opts, sets, rows, {
-        "model": pre.source, "judge": judge.to_dict(), "max_new_tokens": opts.max_new_tokens,
-        "system": system, "methods": described, "settings_keys": settings_key}, start)
+    header = {"model": pre.source, "judge": judge.to_dict(), "max_new_tokens": opts.max_new_tokens,
+              "system": system, "methods": described, "settings_keys": settings_key}
+    if questions:
+        from eds_jax.evaluation import capability
+        logprobs = {m: capability.letter_logprobs(pre, questions, intervention, system, opts.batch_size,
+                                                  progress=True)
+                    for m, intervention in interventions.items()}
+        header["capability"] = capability.capability_report(questions, logprobs, next(iter(interventions)),
+                                                            opts.bootstrap, opts.seed)
+        header["capability"]["source"] = opts.mmlu
+    report = write_report(opts, sets, rows, header, start)
     os.remove(partial)  # everything is in responses.jsonl now
     return report
 
@@ -194,6 +206,9 @@ def write_report(opts: EvalOptions, sets: Sequence[EvalSet], rows: list[dict], h
         responses_by.setdefault((row["set"], row["method"]), []).append(row["response"])
     results = summarise(sets, outcomes, responses_by, opts.bootstrap, opts.seed)
     table = markdown_table(results)
+    if "capability" in header:
+        from eds_jax.evaluation import capability
+        table += "\n\n" + capability.markdown_table(header["capability"])
     report = header | {"sets": results, "wall_time_s": round(time.time() - start, 1)}
     os.makedirs(opts.output_dir, exist_ok=True)
     write_jsonl(os.path.join(opts.output_dir, "responses.jsonl"), rows)
