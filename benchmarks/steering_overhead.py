@@ -25,19 +25,7 @@ sys.path.insert(0, ROOT)
 sys.path.insert(0, os.path.join(ROOT, "tests"))  # torch_reference: the PyTorch hook reference
 from workers import report, run_worker  # noqa: E402  (benchmarks/, the script's own directory)
 
-SETUPS = {
-    # real model, real EBM shapes (simple + complex mixed), as issue #3 asks for CPU
-    "smollm2_cpu": dict(model="smollm2", dtype="float32", batch_sizes=(1, 6, 8), prompt_len=None,
-                        short=8, long=24, layers=(6, 14, 22), steps=3, eta=0.5,
-                        ebm="mixed", device="cpu"),
-    # Llama-3.1-8B-shaped random model in bfloat16, 15 complex EBMs x 3 steps
-    "llama31_8b_gpu": dict(model="llama31_8b", dtype="bfloat16", batch_sizes=(1, 16), prompt_len=128,
-                           short=16, long=80, layers=tuple(range(8, 23)), steps=3, eta=0.1,
-                           ebm="complex", device="gpu"),
-    "qwen3_8b_gpu": dict(model="qwen3_8b", dtype="bfloat16", batch_sizes=(1, 16), prompt_len=128,
-                         short=16, long=80, layers=tuple(range(8, 23)), steps=3, eta=0.1,
-                         ebm="complex", device="gpu"),
-}
+from setups import SETUPS  # noqa: E402  (shared with peak_memory.py)
 
 flags.DEFINE_enum("setup", "smollm2_cpu", list(SETUPS), "which benchmark")
 flags.DEFINE_string("impls", "jax,torch", "implementations to run, comma-separated")
@@ -102,6 +90,16 @@ def _time(fn, repeats=3):
     return best
 
 
+def peak_memory(device: str) -> dict:
+    """This process's peak host RSS, and the accelerator's peak bytes in use on a GPU."""
+    import resource
+    import jax
+    out = {"host_peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024}
+    if device == "gpu":
+        out["device_peak_bytes"] = int((jax.devices()[0].memory_stats() or {}).get("peak_bytes_in_use", 0))
+    return out
+
+
 def run_jax(spec):
     import jax
     import jax.numpy as jnp
@@ -141,7 +139,10 @@ def run_jax(spec):
 
     results = {"impl": "jax", "device": str(jax.devices()[0].device_kind), "batch": spec["batch"],
                "weight_bytes": int(weight_bytes), "prompt_len": int(ids.shape[1])}
-    for name, st in (("plain", None), ("steered", steering)):
+    modes = (("plain", None), ("steered", steering))
+    if spec.get("only"):  # one mode per process: its peak memory is that mode's (peak_memory.py)
+        modes = [m for m in modes if m[0] == spec["only"]]
+    for name, st in modes:
         def gen(n):
             out = eds_jax.steered_generate(pre, ids, mask, steering=st, max_new_tokens=n)
             jax.block_until_ready(out.tokens)
@@ -152,6 +153,8 @@ def run_jax(spec):
         results[name] = {"compile_s": first - t_short,
                          "ms_per_token": 1000 * (t_long - t_short) / (spec["long"] - spec["short"]),
                          "gen_s_long": t_long}
+    if spec.get("only"):
+        return results | peak_memory(spec["device"])
     # what one token at batch 1 must at least cost: reading every weight once
     x = jnp.ones((256, 1024, 1024), jnp.float32)  # 1 GiB
     total = jax.jit(jnp.sum)

@@ -45,16 +45,25 @@ flags.DEFINE_string("direction_harmful", D.direction_harmful,
 flags.DEFINE_string("direction_benign", D.direction_benign,
                     "benign prompts for the refusal direction and the SafeSteer vectors")
 flags.DEFINE_integer("direction_limit", D.direction_limit, "prompts read from each direction file (0 = all)")
-flags.DEFINE_float("actadd_coeff", None, "activation addition coefficient (< 0 subtracts the "
-                   "direction); default: chosen from --actadd_coeffs on the validation prompts")
+flags.DEFINE_float("actadd_coeff", None, "activation addition coefficient, a fraction of each "
+                   "layer's hidden-state norm (< 0 subtracts the direction); default: chosen from "
+                   "--actadd_coeffs on the validation prompts")
 flags.DEFINE_list("actadd_coeffs", list(D.actadd_coeffs), "candidates for the actadd coefficient")
+flags.DEFINE_float("ablation_strength", None, "refusal-direction ablation strength (1 = removed); "
+                   "default: chosen from --ablation_strengths on the validation prompts")
+flags.DEFINE_list("ablation_strengths", list(D.ablation_strengths), "candidates for the ablation strength")
+flags.DEFINE_string("direction_pseudo_harmful", D.direction_pseudo_harmful,
+                    "benign but harmful-sounding prompts for the false-refusal direction (fr_ablation)")
+flags.DEFINE_float("fr_ablation_strength", None, "false-refusal direction ablation strength; default: "
+                   "chosen from --fr_ablation_strengths on the validation prompts")
+flags.DEFINE_list("fr_ablation_strengths", list(D.fr_ablation_strengths), "candidates for the fr_ablation strength")
 flags.DEFINE_string("safesteer_prompts", D.safesteer_prompts,
                     "harmful prompts with a category field, for the SafeSteer category vectors")
 flags.DEFINE_string("safesteer_category_field", "category", "field naming each prompt's category")
 flags.DEFINE_string("safesteer_category", "", "the category whose vector is applied "
                     "(empty: the mean of all category vectors)")
-flags.DEFINE_float("safesteer_coeff", None, "SafeSteer coefficient (< 0 steers away from the "
-                   "category); default: chosen from --safesteer_coeffs on the validation prompts")
+flags.DEFINE_float("safesteer_coeff", None, "SafeSteer coefficient, a fraction of each layer's "
+                   "hidden-state norm (< 0 steers away from the category); default: chosen from --safesteer_coeffs on the validation prompts")
 flags.DEFINE_list("safesteer_coeffs", list(D.safesteer_coeffs), "candidates for the SafeSteer coefficient")
 flags.DEFINE_string("mmlu", D.mmlu, "MMLU CSV file or folder (e.g. data:public/mmlu, 10 per subject): "
                     "zero-shot multiple-choice accuracy of every method (empty: skip)")

@@ -14,6 +14,7 @@ import models
 from eds_jax import EBM, EBMSpec
 from eds_jax.core import vectors
 from eds_jax.evaluation.metrics import markdown_table, paired_delta, rate_interval, summarise
+from eds_jax.evaluation.options import ABLATION_STRENGTHS, ADD_COEFFS, METHODS
 from conftest import ROOT, kill_once_written, left_padded_batch, make_checkpoint, save_test_steering
 
 
@@ -84,7 +85,7 @@ def test_vector_baselines_match_a_pytorch_pre_hook(tmp_path):
     rng = np.random.RandomState(0)
     table = rng.randn(4, 64).astype(np.float32)
     layers = (1, 3)
-    for mode, coeff in (("add", -2.0), ("ablate", 1.0)):
+    for mode, coeff in (("add", -2.0), ("ablate", 1.0), ("ablate", 0.5)):
         intervention = vectors.VectorSteering(table, mode, coeff, layers)
 
         def hook(layer):
@@ -93,7 +94,7 @@ def test_vector_baselines_match_a_pytorch_pre_hook(tmp_path):
 
             def pre_hook(module, args, kwargs):
                 h = args[0] if args else kwargs["hidden_states"]
-                h = h + coeff * v if mode == "add" else h - (h @ r)[..., None] * r
+                h = h + coeff * v if mode == "add" else h - coeff * (h @ r)[..., None] * r
                 if args:
                     return (h,) + args[1:], kwargs
                 return args, kwargs | {"hidden_states": h}
@@ -112,7 +113,7 @@ def test_vector_baselines_match_a_pytorch_pre_hook(tmp_path):
         real = mask.astype(bool)
         got = np.asarray(out.logits)[real]
         assert np.abs(got - expected[real]).max() / np.abs(expected[real]).max() <= 2e-4, mode
-        if mode == "ablate":  # what block 3 sees has no component along the direction
+        if mode == "ablate" and coeff == 1.0:  # what block 3 sees has no component along the direction
             r = table[3] / np.linalg.norm(table[3])
             assert np.abs(np.asarray(out.hidden_states[3])[real] @ r).max() < 1e-4
 
@@ -170,27 +171,32 @@ def test_evaluate_cli_writes_table_json_png(tmp_path, tiny_chat_model):
     proc = subprocess.run(
         [sys.executable, "-m", "eds_jax.evaluate", f"--model={tiny_chat_model}", f"--ebms={tmp_path / 'ebms'}",
          f"--benign_sets=mine={benign}", f"--harmful_sets=bad={harmful}", f"--direction_benign={benign}",
-         f"--direction_harmful={harmful}", f"--safesteer_prompts={categories}", "--max_new_tokens=4",
+         f"--direction_harmful={harmful}", f"--direction_pseudo_harmful={categories}",
+         f"--safesteer_prompts={categories}", "--max_new_tokens=4",
          "--batch_size=2", "--bootstrap=200", f"--output_dir={out}", f"--mmlu={mmlu}"],
         capture_output=True, text=True, cwd=ROOT)
     assert proc.returncode == 0, proc.stderr[-3000:]
     report = json.loads((out / "results.json").read_text())
     capability = report["capability"]  # every method answers the same MMLU questions
-    assert capability["n"] == 2 and list(capability["methods"]) == ["baseline", "eds", "actadd", "ablation", "safesteer"]
+    assert capability["n"] == 2 and list(capability["methods"]) == list(METHODS)
     assert capability["methods"]["eds"]["changed"] <= 2 and "MMLU, zero-shot, 2 questions" in proc.stdout
     assert set(report["sets"]) == {"mine", "bad"}
     assert report["methods"]["eds"]["layers"] == [1, 2] and report["methods"]["eds"]["eta"] == {"1": 2.0, "2": 2.0}
     assert report["methods"]["eds"]["energy_floor"] == {"1": -1.5, "2": 0.25}  # saved with the EBMs
     assert report["methods"]["safesteer"]["categories"] == ["a", "b"]
     assert report["system"] == "Be careful." and report["judge"]["fluency_threshold"] == 20.0
-    for method in ("actadd", "safesteer"):  # coefficients chosen on the validation prompts
+    # coefficients chosen on the validation prompts: added vectors as fractions of each layer's
+    # hidden-state norm, ablations as strengths
+    for method, candidates in (("actadd", ADD_COEFFS), ("safesteer", ADD_COEFFS),
+                               ("ablation", ABLATION_STRENGTHS), ("fr_ablation", ABLATION_STRENGTHS)):
         swept = report["methods"][method]["sweep"]
-        assert [r["coeff"] for r in swept["table"][1:]] == [-0.25, -0.5, -1.0, -2.0]
-        assert report["methods"][method]["coeff"] in (0.0, -0.25, -0.5, -1.0, -2.0)
+        assert [r["coeff"] for r in swept["table"][1:]] == [float(c) for c in candidates]
+        assert report["methods"][method]["coeff"] in [0.0] + [float(c) for c in candidates]
+    assert sorted(report["methods"]["actadd"]["hidden_norm"]) == ["1", "2"]
     rows = [json.loads(line) for line in (out / "responses.jsonl").read_text().splitlines()]
-    assert len(rows) == (5 + 3) * 5  # prompts x methods
+    assert len(rows) == (5 + 3) * len(METHODS)  # prompts x methods
     for name, entry in report["sets"].items():
-        assert list(entry["methods"]) == ["baseline", "eds", "actadd", "ablation", "safesteer"]
+        assert list(entry["methods"]) == list(METHODS)
         for method, m in entry["methods"].items():
             got = [r["outcome"] for r in rows if r["set"] == name and r["method"] == method]
             for outcome in ("helpful", "refusal", "incoherent"):
@@ -266,3 +272,19 @@ def test_killed_evaluate_resumes_to_the_same_results_and_rejudges(tmp_path, tiny
     assert report["rejudged_from"] == str(whole) and report["judge"]["fluency_threshold"] == 1e-6
     missing = rejudge(tmp_path / "none_here", tmp_path / "x")
     assert missing.returncode != 0 and "has no results.json" in missing.stderr
+
+
+def test_vectors_on_the_hidden_norm_scale_and_the_false_refusal_direction():
+    rng = np.random.RandomState(0)
+    harmful, pseudo, benign = (rng.randn(20, 3, 8) + shift for shift in (1.0, 0.5, 0.0))
+    benign[:, 2] *= 10  # a layer with ten times the norm
+    norms = vectors.median_norms(benign)
+    assert norms[2] == pytest.approx(10 * np.median(np.linalg.norm(benign[:, 2] / 10, axis=-1)), rel=1e-5)
+    scaled = vectors.scaled_to_norm(vectors.mean_difference(harmful, benign), norms)
+    np.testing.assert_allclose(np.linalg.norm(scaled, axis=-1), norms, rtol=1e-5)
+    true_refusal = vectors.mean_difference(harmful, benign)
+    false_refusal = vectors.orthogonalise(vectors.mean_difference(pseudo, benign), true_refusal)
+    np.testing.assert_allclose(np.sum(false_refusal * true_refusal, axis=-1), 0.0, atol=1e-4)
+    zero_at_0 = true_refusal.copy()
+    zero_at_0[0] = 0.0  # nothing to remove where the other direction is zero
+    np.testing.assert_allclose(vectors.orthogonalise(true_refusal, zero_at_0)[0], true_refusal[0], rtol=1e-6)

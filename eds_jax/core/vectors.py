@@ -2,9 +2,16 @@
 
 - activation addition (`mode="add"`): h <- h + coeff * v_l. With the difference-of-means "refusal
   direction" v_l = mean(harmful) - mean(benign) and coeff < 0, the direction is subtracted;
-- direction ablation (`mode="ablate"`): h <- h - (h . r_l) r_l, r_l = v_l / ||v_l||;
+- direction ablation (`mode="ablate"`): h <- h - coeff * (h . r_l) r_l, r_l = v_l / ||v_l||
+  (coeff 1: the direction is removed; a strength between 0 and 1 removes part of it);
 - SafeSteer-style category vectors: v_l = mean(harmful prompts of one category) - mean(benign),
-  applied with `mode="add"` and a coefficient.
+  applied with `mode="add"` and a coefficient;
+- false-refusal vector ablation (Wang et al., ICLR 2025): v_l = mean(pseudo-harmful) -
+  mean(harmless), orthogonalised against the true-refusal direction (`orthogonalise`), ablated.
+
+`scaled_to_norm` turns each layer's vector into a unit vector times that layer's typical
+hidden-state norm, so an added coefficient is a fraction of the norm: the scale of EDS's
+`eta_scale="hidden_norm"` steps, comparable across layers and models.
 
 Vectors are built from last-prompt-token activations at the input of each block ([N, L, D], as
 `collect.last_token_activations` returns them). Unlike EDS, which moves only the newest position,
@@ -51,6 +58,30 @@ def category_vectors(harmful: np.ndarray, categories: Sequence[str], benign: np.
     if not vectors:
         raise ValueError(f"no category has >= {min_count} prompts: {sorted(set(categories))}")
     return vectors
+
+
+def orthogonalise(vectors: np.ndarray, against: np.ndarray) -> np.ndarray:
+    """[L, D]: each layer's vector with its component along `against`'s direction removed (a
+    layer where `against` is zero, e.g. the input of block 0 at a template's fixed last token, has
+    nothing to remove)."""
+    v, u = np.asarray(vectors, np.float64), np.asarray(against, np.float64)
+    if v.shape != u.shape or v.ndim != 2:
+        raise ValueError(f"need two [L, D] arrays of one shape, got {v.shape} and {u.shape}")
+    norms = np.linalg.norm(u, axis=-1, keepdims=True)
+    unit = np.where(norms > 0, u / np.maximum(norms, 1e-300), 0.0)
+    return (v - np.sum(v * unit, axis=-1, keepdims=True) * unit).astype(np.float32)
+
+
+def median_norms(activations: np.ndarray) -> np.ndarray:
+    """[L]: the median L2 norm of the activations' states at each layer."""
+    return np.median(np.linalg.norm(np.asarray(activations, np.float32), axis=-1), axis=0)
+
+
+def scaled_to_norm(vectors: np.ndarray, norms: np.ndarray) -> np.ndarray:
+    """[L, D]: each layer's unit vector times that layer's norm (so coeff = a fraction of it)."""
+    v = np.asarray(vectors, np.float64)
+    lengths = np.linalg.norm(v, axis=-1, keepdims=True)
+    return np.where(lengths > 0, v / np.maximum(lengths, 1e-30) * np.asarray(norms)[:, None], 0.0).astype(np.float32)
 
 
 @jax.tree_util.register_pytree_node_class
@@ -136,5 +167,5 @@ class VectorSteering:
             x = x + row_column(self.coeff)[..., None] * v  # [B, 1, 1] per row, or a scalar
         else:
             r = v / jnp.linalg.norm(v)
-            x = x - jnp.einsum("btd,d->bt", x, r)[..., None] * r
+            x = x - row_column(self.coeff)[..., None] * jnp.einsum("btd,d->bt", x, r)[..., None] * r
         return x.astype(hidden.dtype), None

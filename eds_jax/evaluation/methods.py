@@ -1,6 +1,6 @@
 """The methods an evaluation compares, as interventions through one decode loop: plain decoding,
 EDS with saved EBMs, and the steering-vector baselines (activation addition, direction ablation,
-SafeSteer) with their coefficients chosen by the same rule on the same validation prompts as EDS's
+SafeSteer, false-refusal vector ablation) with their coefficients chosen by the same rule on the same validation prompts as EDS's
 settings (`eds_jax.training.search`)."""
 from __future__ import annotations
 
@@ -10,6 +10,8 @@ from typing import Optional, Sequence
 import numpy as np
 
 from eds_jax.evaluation.options import EvalError, EvalOptions
+
+VECTOR_METHODS = ("actadd", "ablation", "safesteer", "fr_ablation")
 
 log = logging.getLogger("eds_jax.evaluation")
 
@@ -78,7 +80,7 @@ def build_methods(opts: EvalOptions, pre, saved, system, judge) -> tuple[dict, d
                 "eta": {str(l): float(v) for l, v in steering.etas.items()},
                 "energy_floor": None if steering.energy_floors is None else
                 {str(l): float(v) for l, v in steering.energy_floors.items()}}
-    vector_methods = [m for m in methods if m in ("actadd", "ablation", "safesteer")]
+    vector_methods = [m for m in methods if m in VECTOR_METHODS]
     if not vector_methods:
         return interventions, described
     layers = [int(layer) for layer in opts.vector_layers] or sorted(ebms)
@@ -87,40 +89,56 @@ def build_methods(opts: EvalOptions, pre, saved, system, judge) -> tuple[dict, d
     batch = opts.batch_size
     validation = Validation(pre, saved.sweep if saved is not None else None, system, judge, batch)
 
-    def with_coeff(method, vector, given, candidates):
+    def with_coeff(method, vector, mode, given, candidates):
+        """The intervention at the given coefficient, else at the one the rule chooses."""
+        build = lambda c: vectors.VectorSteering(vector, mode, c, layers)
         if given is not None:
-            return vectors.VectorSteering(vector, "add", given, layers), {"coeff": given}
-        coeff, chosen = validation.choose(method, lambda c: vectors.VectorSteering(vector, "add", c, layers),
-                                          candidates)
-        return vectors.VectorSteering(vector, "add", coeff, layers), {"coeff": coeff, "sweep": chosen}
+            return build(given), {"coeff": given, "mode": mode}
+        coeff, chosen = validation.choose(method, build, candidates)
+        return build(coeff), {"coeff": coeff, "mode": mode, "sweep": chosen}
 
-    benign = last_token_activations(pre, load_prompts(opts.direction_benign, None,
-                                                      opts.direction_limit or None), system, batch)
-    if {"actadd", "ablation"} & set(vector_methods):
-        harmful = last_token_activations(pre, load_prompts(opts.direction_harmful, None,
-                                                           opts.direction_limit or None), system, batch)
-        direction = vectors.mean_difference(harmful, benign)
+    def activations(path):
+        return last_token_activations(pre, load_prompts(path, None, opts.direction_limit or None), system, batch)
+
+    benign = activations(opts.direction_benign)
+    # added vectors are unit directions times each layer's median hidden-state norm, so their
+    # coefficients are fractions of it, as EDS's eta is with eta_scale="hidden_norm"
+    norms = vectors.median_norms(benign)
+    scale = {"scale": "fraction of the layer's median hidden-state norm",
+             "hidden_norm": {str(l): float(norms[l]) for l in layers}}
+    if {"actadd", "ablation", "fr_ablation"} & set(vector_methods):
+        harmful = activations(opts.direction_harmful)
+        direction = vectors.mean_difference(harmful, benign)  # the true-refusal direction
         source = {"layers": layers, "harmful": opts.direction_harmful, "benign": opts.direction_benign,
                   "rows": [len(harmful), len(benign)],
                   "norms": {layer: float(np.linalg.norm(direction[layer])) for layer in layers}}
         if "actadd" in methods:
-            interventions["actadd"], extra = with_coeff("actadd", direction, opts.actadd_coeff,
-                                                        opts.actadd_coeffs)
-            described["actadd"] = source | extra
+            interventions["actadd"], extra = with_coeff("actadd", vectors.scaled_to_norm(direction, norms), "add",
+                                                        opts.actadd_coeff, opts.actadd_coeffs)
+            described["actadd"] = source | scale | extra
         if "ablation" in methods:
-            interventions["ablation"] = vectors.VectorSteering(direction, "ablate", layers=layers)
-            described["ablation"] = source
+            interventions["ablation"], extra = with_coeff("ablation", direction, "ablate", opts.ablation_strength,
+                                                          opts.ablation_strengths)
+            described["ablation"] = source | extra
+        if "fr_ablation" in methods:
+            pseudo = activations(opts.direction_pseudo_harmful)
+            false_refusal = vectors.orthogonalise(vectors.mean_difference(pseudo, benign), direction)
+            interventions["fr_ablation"], extra = with_coeff(
+                "fr_ablation", false_refusal, "ablate", opts.fr_ablation_strength, opts.fr_ablation_strengths)
+            described["fr_ablation"] = {"layers": layers, "pseudo_harmful": opts.direction_pseudo_harmful,
+                                        "benign": opts.direction_benign, "orthogonal_to": opts.direction_harmful,
+                                        "rows": [len(pseudo), len(benign)]} | extra
     if "safesteer" in methods:
         prompts, categories = load_prompts_with(opts.safesteer_prompts, opts.safesteer_category_field)
         per_category = vectors.category_vectors(last_token_activations(pre, prompts, system, batch),
                                                 categories, benign)
         if opts.safesteer_category and opts.safesteer_category not in per_category:
             raise EvalError(f"--safesteer_category={opts.safesteer_category!r} is not among "
-                                 f"{sorted(per_category)}")
+                            f"{sorted(per_category)}")
         chosen = [opts.safesteer_category] if opts.safesteer_category else sorted(per_category)
-        vector = np.mean([per_category[c] for c in chosen], axis=0)
-        interventions["safesteer"], extra = with_coeff("safesteer", vector, opts.safesteer_coeff,
+        vector = vectors.scaled_to_norm(np.mean([per_category[c] for c in chosen], axis=0), norms)
+        interventions["safesteer"], extra = with_coeff("safesteer", vector, "add", opts.safesteer_coeff,
                                                        opts.safesteer_coeffs)
         described["safesteer"] = {"layers": layers, "categories": chosen, "prompts": opts.safesteer_prompts,
-                                  "benign": opts.direction_benign} | extra
+                                  "benign": opts.direction_benign} | scale | extra
     return {m: interventions[m] for m in methods}, {m: described[m] for m in methods}

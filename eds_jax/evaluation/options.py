@@ -5,7 +5,11 @@ from __future__ import annotations
 import dataclasses
 from typing import Optional, Sequence
 
-METHODS = ("baseline", "eds", "actadd", "ablation", "safesteer")
+METHODS = ("baseline", "eds", "actadd", "ablation", "safesteer", "fr_ablation")
+# vector coefficients are fractions of each steered layer's median hidden-state norm (EDS's
+# eta_scale="hidden_norm" scale): log-spaced over 16x; ablation strengths from partial to full
+ADD_COEFFS = ("-0.025", "-0.05", "-0.1", "-0.2", "-0.4")
+ABLATION_STRENGTHS = ("0.25", "0.5", "1")
 PUBLIC = "data:public"  # the public splits the package ships (eds_jax/datasets/README.md)
 
 
@@ -37,12 +41,17 @@ class EvalOptions:
     direction_benign: str = f"{PUBLIC}/harmless_train.json"
     direction_limit: int = 256
     actadd_coeff: Optional[float] = None
-    actadd_coeffs: Sequence[str] = ("-0.25", "-0.5", "-1", "-2")
+    actadd_coeffs: Sequence[str] = ADD_COEFFS
     safesteer_prompts: str = f"{PUBLIC}/strongreject.json"
     safesteer_category_field: str = "category"
     safesteer_category: str = ""
     safesteer_coeff: Optional[float] = None
-    safesteer_coeffs: Sequence[str] = ("-0.25", "-0.5", "-1", "-2")
+    safesteer_coeffs: Sequence[str] = ADD_COEFFS
+    ablation_strength: Optional[float] = None
+    ablation_strengths: Sequence[str] = ABLATION_STRENGTHS
+    direction_pseudo_harmful: str = f"{PUBLIC}/or_bench_hard_train.json"  # for fr_ablation
+    fr_ablation_strength: Optional[float] = None
+    fr_ablation_strengths: Sequence[str] = ABLATION_STRENGTHS
     mmlu: str = ""  # MMLU CSV file or folder for the capability check ("" = skip), e.g. data:public/mmlu
     mmlu_per_subject: int = 0  # a seeded sample per subject (0 = every question given)
     bootstrap: int = 2000
