@@ -33,8 +33,8 @@ class Validation:
                                  "(train_ebm.py with config.sweep.etas)")
         if self._prompts is None:
             self._prompts = (collect.read_sources(swept["benign"], swept.get("seed", 0)),
-                             collect.read_sources(swept["harmful"], swept.get("seed", 0)))
-        benign, harmful = self._prompts
+                             *collect.read_named_sources(swept["harmful"], swept.get("seed", 0)))
+        benign, harmful, harmful_sources = self._prompts
         options = dict(system=self.system, max_new_tokens=int(swept["max_new_tokens"]),
                        batch_size=self.batch_size)
         if self._unsteered is None:
@@ -42,7 +42,8 @@ class Validation:
             self._unsteered = eds_jax.generate_text(self.pre, benign + harmful, progress=True, **options)
         group = search.SettingGroup({"method": method}, "coeff", [float(c) for c in candidates], build)
         table, _ = search.run_sweep(self.pre, benign, harmful, [group], self.judge,
-                                   baseline=self._unsteered, **options)
+                                    harmful_sources=harmful_sources, baseline=self._unsteered,
+                                    **options)
         row, reason = search.choose_setting(table, search.Tolerances(**swept["tolerances"]))
         log.info("%s: %s", method, reason)
         print(f"{method} coefficient on validation prompts: {reason}")

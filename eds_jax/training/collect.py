@@ -58,8 +58,15 @@ def read_sources(sources, seed: int) -> list[str]:
 
     `limit` > 0 samples that many with `seed`; a source with an empty path is skipped.
     """
-    prompts = []
-    for source in (sources.values() if hasattr(sources, "values") else sources):
+    return read_named_sources(sources, seed)[0]
+
+
+def read_named_sources(sources, seed: int) -> tuple[list[str], list[str]]:
+    """(prompts, the name of each prompt's source) from a {name: source} mapping (a list: names
+    are the positions), as `read_sources` reads them."""
+    named = sources.items() if hasattr(sources, "items") else enumerate(sources)
+    prompts, names = [], []
+    for name, source in named:
         if not source["path"]:
             continue
         rows = load_prompts(source["path"], source.get("field") or None)
@@ -68,7 +75,8 @@ def read_sources(sources, seed: int) -> list[str]:
             picked = np.random.RandomState(seed).choice(len(rows), limit, replace=False)
             rows = [rows[i] for i in sorted(picked)]
         prompts += rows
-    return prompts
+        names += [str(name)] * len(rows)
+    return prompts, names
 
 
 def last_token_activations(pre, prompts: Sequence[str], system: Optional[str], batch_size: int,

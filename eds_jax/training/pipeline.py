@@ -90,14 +90,15 @@ def summary_table(layers, result, chosen) -> str:
     return "\n".join(lines)
 
 
-def validation_prompts(cfg, training_prompts: set) -> tuple[list[str], list[str]]:
-    """The benign and harmful validation prompts of `cfg.sweep` (none when it names no etas);
+def validation_prompts(cfg, training_prompts: set) -> tuple[list[str], list[str], list[str]]:
+    """The benign and harmful validation prompts of `cfg.sweep` and each harmful prompt's source
+    name (none when it names no etas);
     read before any work, and checked to share no prompt with training."""
-    from eds_jax.training.collect import read_sources
+    from eds_jax.training.collect import read_named_sources, read_sources
     if not cfg.sweep.etas:
-        return [], []
+        return [], [], []
     benign = read_sources(cfg.sweep.benign, cfg.data.seed)
-    harmful = read_sources(cfg.sweep.harmful, cfg.data.seed)
+    harmful, harmful_sources = read_named_sources(cfg.sweep.harmful, cfg.data.seed)
     shared = sorted(training_prompts & (set(benign) | set(harmful)))
     if shared:
         raise ValueError(f"{len(shared)} validation prompts of config.sweep are also training prompts, "
@@ -105,7 +106,7 @@ def validation_prompts(cfg, training_prompts: set) -> tuple[list[str], list[str]
     if not benign or not harmful:
         raise ValueError(f"config.sweep needs benign and harmful validation prompts, got {len(benign)} "
                          f"and {len(harmful)}")
-    return benign, harmful
+    return benign, harmful, harmful_sources
 
 
 def energy_floors(ebms: dict, activations, labels, quantiles) -> dict:
@@ -161,7 +162,7 @@ def choose_steering(cfg, pre, ranked: list[int], layer_ebm, validation: tuple[li
     if not s.etas:
         return settings(ranked[:int(cfg.steer.top_n_layers)], float(cfg.steer.eta),
                         cfg.steer.num_steps), None, None
-    benign, harmful = validation
+    benign, harmful, harmful_sources = validation
     steps_list = tuple(int(x) for x in s.num_steps) or (int(cfg.steer.num_steps),)
     ebms = {layer: layer_ebm(layer) for layer in ranked[:max(tops)]}
     swept = "eta" if scale == "absolute" else "eta_fraction"  # the float each group sweeps
@@ -182,7 +183,7 @@ def choose_steering(cfg, pre, ranked: list[int], layer_ebm, validation: tuple[li
     judge = helpfulness.calibrated_judge(pre, benign + harmful, unsteered, cfg.collect.judge,
                                          s.fluency_quantile, s.fluency_margin, int(s.batch_size))
     table, responses = search.run_sweep(pre, benign, harmful, groups, judge, baseline=unsteered,
-                                        **options)
+                                        harmful_sources=harmful_sources, **options)
     row, reason = search.choose_setting(table, search.Tolerances(s.max_refusal_drop,
                                                                  s.max_incoherence_rise))
     log.info("sweep: %s", reason)
