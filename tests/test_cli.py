@@ -8,7 +8,6 @@ import jax
 import pytest
 import torch
 
-import eds_jax
 from eds_jax import EBM, EBMSpec
 from eds_jax.datasets.prompt_files import PromptFileError, load_prompts
 from torch_reference import TorchSimpleEBM

@@ -6,7 +6,6 @@ import pytest
 
 import eds_jax
 from eds_jax import EBM, EBMSpec
-from eds_jax.core import deployment
 from eds_jax.judging import helpfulness
 from eds_jax.training import search
 from eds_jax.judging.helpfulness import HELPFUL, INCOHERENT, REFUSAL, HelpfulnessJudge

@@ -54,7 +54,6 @@ class Validation:
 def build_methods(opts: EvalOptions, pre, saved, system, judge) -> tuple[dict, dict]:
     """{method: intervention or None} for `opts.methods`, and a description of each for
     results.json. `saved`: what `eds_jax.load_steering(opts.ebms, ...)` returned, or None."""
-    import eds_jax
     from eds_jax.training.collect import last_token_activations
     from eds_jax.datasets.prompt_files import load_prompts, load_prompts_with
     from eds_jax.core import vectors
