@@ -64,6 +64,7 @@ def test_steer_decode_bad_inputs_fail_in_one_line_before_the_model(tmp_path):
         (["--prompt=Hi", f"--ebms={flipped}"], "do not match the digest"),
         (["--prompt=Hi", f"--ebms={good}", "--layers=4"], "no saved EBM for [4]"),
         (["--prompt=Hi", f"--ebms={good}", "--num_steps=-1"], "--num_steps=-1: expected >= 0"),
+        (["--prompt=Hi", "--output=/proc/out.jsonl"], "cannot create a file in '/proc'"),
     ]
     for args, expected in cases:
         line = one_error_line(run("steer_decode.py", model, *args), expected)
@@ -104,6 +105,8 @@ def test_train_ebm_rejects_bad_training_settings_up_front(tmp_path, tiny_chat_mo
 def test_evaluate_rejects_a_negative_limit_and_a_changed_ebm_dir(tmp_path):
     one_error_line(run("eds_jax.evaluate", "--methods=baseline", "--limit=-1", "--fluency_threshold=2",
                        f"--output_dir={tmp_path / 'out'}"), "limit=-1: expected a count >= 0")
+    one_error_line(run("eds_jax.evaluate", "--methods=baseline", "--fluency_threshold=2",
+                       "--output_dir=/proc/eval"), "cannot create a file in '/proc'")
     save_test_steering(tmp_path / "e", _ebms(576, (3,)), judge={"fluency_threshold": 2.0})
     flip_one_bit(str(tmp_path / "e"))
     one_error_line(run("eds_jax.evaluate", f"--ebms={tmp_path / 'e'}", "--methods=baseline,eds",
@@ -184,3 +187,15 @@ def test_a_failed_write_leaves_no_temporary_file(tmp_path, monkeypatch):
     with pytest.raises(OSError, match="No space left"):
         files.write_jsonl(str(tmp_path / "out.jsonl"), [{"a": 1}])
     assert list(tmp_path.iterdir()) == []
+
+
+def test_decoding_rejects_out_of_vocabulary_ids_and_a_nan_temperature(tiny_chat_model):
+    import models
+    pre = models.load_pretrained(tiny_chat_model, dtype="float32")
+    vocab = pre.config.vocab_size
+    for ids, message in ((np.array([[1, 2, vocab]]), f"token ids in \\[1, {vocab}\\]"),
+                         (np.array([[-1, 2, 3]]), "token ids in \\[-1, 3\\]")):
+        with pytest.raises(ValueError, match=message):
+            eds_jax.steered_generate(pre, ids, max_new_tokens=2)
+    with pytest.raises(ValueError, match="finite temperature"):
+        eds_jax.steered_generate(pre, np.array([[1, 2, 3]]), max_new_tokens=2, temperature=float("nan"))

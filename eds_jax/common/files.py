@@ -35,6 +35,12 @@ def check_output_path(path: str) -> None:
         raise ValueError(f"output {path!r}: {parent!r} is a file, so the output cannot be created")
     if not os.access(parent, os.W_OK):
         raise ValueError(f"output {path!r}: directory {parent!r} is not writable")
+    try:  # os.access says yes to root everywhere; only creating a file tells (e.g. under /proc)
+        import tempfile
+        with tempfile.NamedTemporaryFile(dir=parent, prefix=".write-check-"):
+            pass
+    except OSError as err:
+        raise ValueError(f"output {path!r}: cannot create a file in {parent!r} ({err.strerror})") from None
 
 
 def write_jsonl(path: str, rows) -> None:

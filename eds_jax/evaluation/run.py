@@ -95,6 +95,8 @@ def check_options(opts: EvalOptions) -> None:
             raise EvalError(f"{name}={getattr(opts, name)}: expected >= 1")
     if os.path.exists(opts.output_dir) and not os.path.isdir(opts.output_dir):
         raise EvalError(f"output_dir={opts.output_dir!r} is a file; expected a directory")
+    from eds_jax.common.files import check_output_path
+    check_output_path(os.path.join(opts.output_dir, "results.json"))  # writable, before any work
 
 
 def _digest(value) -> str:
