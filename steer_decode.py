@@ -215,6 +215,7 @@ def run() -> list[dict]:
     import eds_jax
     from eds_jax.datasets.prompt_files import load_prompts
     from eds_jax.common.files import read_partial, write_jsonl, write_partial
+    from eds_jax.core.decoding import check_prompts_fit
 
     check_flags()
     prompts = [FLAGS.prompt] if FLAGS.prompt is not None else load_prompts(
@@ -227,7 +228,10 @@ def run() -> list[dict]:
             system=FLAGS.system, dropout_at_inference=FLAGS.dropout_at_inference, seed=FLAGS.seed,
             record_energy_after=True)
     source = FLAGS.model or models.smollm2_gguf_path()
-    check_against_model(models.read_config(source), saved)  # before the weights load
+    config, tokenizer = models.read_header(source, tokenizer=True)  # before the weights load
+    check_against_model(config, saved)
+    check_prompts_fit(tokenizer, config, prompts, saved.system if saved is not None else FLAGS.system,
+                      FLAGS.max_new_tokens)
     pre = models.load_pretrained(source, dtype=FLAGS.dtype)
     steering, saved = build_steering(pre.config.hidden_size, saved)
     if steering is not None:

@@ -145,18 +145,32 @@ def load_pretrained(source: str, dtype="bfloat16", shardings=None) -> Pretrained
 def read_config(source: str) -> ModelConfig:
     """The `ModelConfig` of a checkpoint, read without its weights (seconds, even for 8B+), so a
     command line can check EBM widths, layers and lengths before the expensive load."""
-    from transformers import AutoConfig
+    return read_header(source)[0]
+
+
+def read_header(source: str, tokenizer: bool = False):
+    """(ModelConfig, tokenizer or None) of a checkpoint, without its weights; the tokenizer (left
+    padding, pad token set, as `load_pretrained` gives it) only when asked for."""
+    from transformers import AutoConfig, AutoTokenizer
     source = os.fspath(source)
     if source.endswith(".gguf"):
         from models.gguf_file import GGUFFile
-        return GGUFFile(source).config()
+        gguf = GGUFFile(source)
+        return gguf.config(), _prepare_tokenizer(gguf.tokenizer()) if tokenizer else None
     if os.path.isdir(source):
         if not os.path.isfile(os.path.join(source, "config.json")):
             raise CheckpointError(f"{source} is a directory without config.json")
-        return from_hf_config(AutoConfig.from_pretrained(source))
-    if os.path.exists(source) or source.startswith((".", "/")) or source.count("/") > 1:
+        directory = source
+    elif os.path.exists(source) or source.startswith((".", "/")) or source.count("/") > 1:
         raise CheckpointError(f"model source {source!r} does not exist or is not a directory/.gguf")
-    return from_hf_config(AutoConfig.from_pretrained(_hub_cache_dir(source)))
+    else:
+        directory = _hub_cache_dir(source)
+    config = from_hf_config(AutoConfig.from_pretrained(directory))
+    has_tokenizer = any(os.path.isfile(os.path.join(directory, f))
+                        for f in ("tokenizer.json", "tokenizer.model", "tokenizer_config.json"))
+    if not tokenizer or not has_tokenizer:
+        return config, None
+    return config, _prepare_tokenizer(AutoTokenizer.from_pretrained(directory))
 
 
 def prompt_positions(attention_mask: jax.Array) -> jax.Array:

@@ -79,6 +79,9 @@ def test_steer_decode_bad_inputs_fail_in_one_line_before_the_model(tmp_path):
     line = one_error_line(run("steer_decode.py", "--prompt=Hi", f"--torch_ebm=3:{tmp_path / 'garbage.pt'}"),
                           "not a PyTorch state-dict file")
     assert "weights_only" not in line
+    long_prompt = "word " * 9000  # longer than SmolLM2's 8192 positions, caught from the tokenizer
+    one_error_line(run("steer_decode.py", f"--prompt={long_prompt}", "--max_new_tokens=8"),
+                   "+ max_new_tokens=8 does not fit the model's 8192 positions")
     truncated = tmp_path / "truncated.gguf"
     data = open(eds_jax_smollm2_path(), "rb").read()
     truncated.write_bytes(data[:len(data) // 3])

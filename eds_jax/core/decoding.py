@@ -263,6 +263,21 @@ def chat_prompts(tokenizer, prompts: Sequence[str], system: Optional[str] = None
     return texts
 
 
+def check_prompts_fit(tokenizer, config, prompts: Sequence[str], system: Optional[str],
+                      max_new_tokens: int, what: str = "prompt") -> None:
+    """Raise, naming the longest prompt, when a chat-templated prompt + `max_new_tokens` exceeds
+    the model's positions: checked from the tokenizer and config, before the weights load."""
+    if tokenizer is None or not prompts:
+        return
+    lengths = [len(ids) for ids in tokenizer(chat_prompts(tokenizer, list(prompts), system),
+                                             add_special_tokens=False)["input_ids"]]
+    longest = int(np.argmax(lengths))
+    if lengths[longest] + max_new_tokens > config.max_position_embeddings:
+        raise ValueError(f"{what} {longest} ({prompts[longest][:50]!r}) is {lengths[longest]} tokens with "
+                         f"the chat template; + max_new_tokens={max_new_tokens} does not fit the model's "
+                         f"{config.max_position_embeddings} positions")
+
+
 def generate_text(pre: Pretrained, prompts: Sequence[str], steering: Optional[SteeringLike] = None,
                   system: Optional[str] = None, max_new_tokens: int = 64, batch_size: int = 16,
                   temperature: float = 0.0, top_p: float = 1.0, seed: int = 0,

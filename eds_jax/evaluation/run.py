@@ -137,8 +137,12 @@ def evaluate(opts: EvalOptions) -> dict:
     judge = helpfulness_judge(opts, saved.judge if saved is not None else None)
     system = saved.system if saved is not None else opts.system
     source = opts.model or models.smollm2_gguf_path()
-    if saved is not None:  # from the config alone, before the weights load
-        saved.check_model(models.read_config(source))
+    config, tokenizer = models.read_header(source, tokenizer=True)  # before the weights load
+    if saved is not None:
+        saved.check_model(config)
+    from eds_jax.core.decoding import check_prompts_fit
+    for s in sets:
+        check_prompts_fit(tokenizer, config, s.prompts, system, opts.max_new_tokens, f"{s.name} prompt")
     pre = models.load_pretrained(source, dtype=opts.dtype)
     interventions, described = build_methods(opts, pre, saved, system, judge)
     for intervention in interventions.values():

@@ -228,6 +228,7 @@ def train_and_choose(cfg, workdir: str) -> TrainResult:
     import models
     from eds_jax.common import plots
     from eds_jax.common.files import write_jsonl
+    from eds_jax.core.decoding import check_prompts_fit
     from eds_jax.core.ebm import EBMSpec
     from eds_jax.core.saved import save_steering
     from eds_jax.judging.refusal import get_judge
@@ -245,7 +246,12 @@ def train_and_choose(cfg, workdir: str) -> TrainResult:
     harmful = collection_lib.read_sources(cfg.data.harmful, cfg.data.seed)
     validation = validation_prompts(cfg, set(benign) | set(harmful))
     source = resolve_model_source(cfg.model.source)
-    model_config = models.read_config(source)  # a bad EBM setting fails before anything is written
+    # a bad EBM setting or an over-long prompt fails before anything is written
+    model_config, tokenizer = models.read_header(source, tokenizer=True)
+    check_prompts_fit(tokenizer, model_config, benign + harmful, cfg.collect.system,
+                      int(cfg.collect.max_new_tokens), "training prompt")
+    check_prompts_fit(tokenizer, model_config, validation[0] + validation[1], cfg.collect.system,
+                      int(cfg.sweep.max_new_tokens), "validation prompt")
     EBMSpec.build(cfg.ebm.architecture, model_config.hidden_size, cfg.ebm.hidden_dim,
                   tuple(cfg.ebm.hidden_dims), cfg.ebm.dropout_rate, cfg.ebm.use_layernorm)
     tops = [int(cfg.steer.top_n_layers)] + [int(n) for n in cfg.sweep.top_n_layers]
