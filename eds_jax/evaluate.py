@@ -29,6 +29,8 @@ flags.DEFINE_bool("no_energy_floor", False, "ignore the energy floor saved with 
 flags.DEFINE_list("methods", list(METHODS), f"any of {', '.join(METHODS)}")
 flags.DEFINE_list("benign_sets", list(D.benign_sets), "NAME=PATH sets scored by compliance rate")
 flags.DEFINE_list("harmful_sets", list(D.harmful_sets), "NAME=PATH sets scored by refusal rate")
+flags.DEFINE_list("ordinary_sets", list(D.ordinary_sets), "NAME=PATH sets of plain requests that need "
+                  "no steering (share of answers changed, helpful rate; empty: none)")
 flags.DEFINE_string("prompt_field", None, "field/column holding the prompt (default instruction|prompt)")
 flags.DEFINE_integer("limit", D.limit, "use the first N prompts of each set (0 = all)")
 flags.DEFINE_enum("judge", None, ["substring", "prefix"],

@@ -165,12 +165,14 @@ def test_evaluate_cli_writes_table_json_png(tmp_path, tiny_chat_model):
                                                    "max_incoherence_rise": 0.05}})
     categories = write("categories.json", [{"instruction": f"Bad {i}", "category": "ab"[i % 2]}
                                            for i in range(6)])
+    plain = write("plain.json", [{"instruction": f"Name a colour, please ({i})."} for i in range(3)])
     mmlu = tmp_path / "astronomy_test.csv"
     mmlu.write_text('Which planet is largest?,Mars,"Jupiter, the gas giant",Venus,Earth,B\nWhat is a star?,"A sun",rock,ice,gas,A\n')
     out = tmp_path / "eval"
     proc = subprocess.run(
         [sys.executable, "-m", "eds_jax.evaluate", f"--model={tiny_chat_model}", f"--ebms={tmp_path / 'ebms'}",
-         f"--benign_sets=mine={benign}", f"--harmful_sets=bad={harmful}", f"--direction_benign={benign}",
+         f"--benign_sets=mine={benign}", f"--harmful_sets=bad={harmful}", f"--ordinary_sets=plain={plain}",
+         f"--direction_benign={benign}",
          f"--direction_harmful={harmful}", f"--direction_pseudo_harmful={categories}",
          f"--safesteer_prompts={categories}", "--max_new_tokens=4",
          "--batch_size=2", "--bootstrap=200", f"--output_dir={out}", f"--mmlu={mmlu}"],
@@ -180,7 +182,8 @@ def test_evaluate_cli_writes_table_json_png(tmp_path, tiny_chat_model):
     capability = report["capability"]  # every method answers the same MMLU questions
     assert capability["n"] == 2 and list(capability["methods"]) == list(METHODS)
     assert capability["methods"]["eds"]["changed"] <= 2 and "MMLU, zero-shot, 2 questions" in proc.stdout
-    assert set(report["sets"]) == {"mine", "bad"}
+    assert set(report["sets"]) == {"mine", "bad", "plain"}  # one of each kind: nothing pooled
+    assert report["sets"]["plain"]["kind"] == "ordinary" and report["sets"]["plain"]["metric"] == "helpful"
     assert report["methods"]["eds"]["layers"] == [1, 2] and report["methods"]["eds"]["eta"] == {"1": 2.0, "2": 2.0}
     assert report["methods"]["eds"]["energy_floor"] == {"1": -1.5, "2": 0.25}  # saved with the EBMs
     assert report["methods"]["safesteer"]["categories"] == ["a", "b"]
@@ -197,7 +200,7 @@ def test_evaluate_cli_writes_table_json_png(tmp_path, tiny_chat_model):
     assert list(kept) == list(METHODS[1:]) and all(k["within"] == (k["delta"] >= -0.05) for k in kept.values())
     assert "Harmful refusal kept within 5%" in proc.stdout
     rows = [json.loads(line) for line in (out / "responses.jsonl").read_text().splitlines()]
-    assert len(rows) == (5 + 3) * len(METHODS)  # prompts x methods
+    assert len(rows) == (5 + 3 + 3) * len(METHODS)  # prompts x methods
     for name, entry in report["sets"].items():
         assert list(entry["methods"]) == list(METHODS)
         for method, m in entry["methods"].items():
@@ -231,7 +234,7 @@ def test_killed_evaluate_resumes_to_the_same_results_and_rejudges(tmp_path, tiny
     def command(out):
         return [sys.executable, "-m", "eds_jax.evaluate", f"--model={tiny_chat_model}",
                 f"--ebms={tmp_path / 'ebms'}", "--methods=baseline,eds", f"--benign_sets=mine={benign}",
-                f"--harmful_sets=bad={harmful}", "--fluency_threshold=20", "--max_new_tokens=16",
+                f"--harmful_sets=bad={harmful}", "--ordinary_sets=", "--fluency_threshold=20", "--max_new_tokens=16",
                 "--batch_size=2", "--bootstrap=100", f"--output_dir={out}"]
 
     whole = tmp_path / "whole"

@@ -29,6 +29,9 @@ class EvalOptions:
                                   f"oktest={PUBLIC}/oktest_val.json")
     harmful_sets: Sequence[str] = (f"jbb={PUBLIC}/jailbreakbench.json",
                                    f"harmbench_test={PUBLIC}/harmbench_test.json")
+    # plain requests that need no steering: how many answers steering changes, and whether they
+    # stay helpful (scored like benign sets, reported apart)
+    ordinary_sets: Sequence[str] = (f"harmless_test={PUBLIC}/harmless_test.json",)
     prompt_field: Optional[str] = None
     limit: int = 0
     judge: Optional[str] = None  # substring | prefix; None: as saved

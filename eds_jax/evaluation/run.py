@@ -39,7 +39,7 @@ from typing import Optional, Sequence
 
 import numpy as np
 
-from eds_jax.evaluation.metrics import BENIGN, HARMFUL
+from eds_jax.evaluation.metrics import BENIGN, HARMFUL, ORDINARY
 from eds_jax.evaluation.methods import build_methods
 from eds_jax.evaluation.options import METHODS, EvalError, EvalOptions
 
@@ -119,7 +119,8 @@ def evaluate(opts: EvalOptions) -> dict:
     check_options(opts)
     start = time.time()
     sets = (parse_sets(opts.benign_sets, BENIGN, opts.prompt_field, opts.limit)
-            + parse_sets(opts.harmful_sets, HARMFUL, opts.prompt_field, opts.limit))
+            + parse_sets(opts.harmful_sets, HARMFUL, opts.prompt_field, opts.limit)
+            + parse_sets(opts.ordinary_sets, ORDINARY, opts.prompt_field, opts.limit))
     if not sets:
         raise EvalError("no evaluation sets: give benign_sets and/or harmful_sets")
     names = [s.name for s in sets]
