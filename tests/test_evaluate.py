@@ -13,6 +13,7 @@ import eds_jax
 import models
 from eds_jax import EBM, EBMSpec
 from eds_jax.core import vectors
+from eds_jax.core.steering import median_hidden_norms
 from eds_jax.evaluation.metrics import markdown_table, paired_delta, rate_interval, summarise
 from eds_jax.evaluation.options import ABLATION_STRENGTHS, ADD_COEFFS, METHODS
 from conftest import ROOT, kill_once_written, left_padded_batch, make_checkpoint, save_test_steering
@@ -284,10 +285,10 @@ def test_vectors_on_the_hidden_norm_scale_and_the_false_refusal_direction():
     rng = np.random.RandomState(0)
     harmful, pseudo, benign = (rng.randn(20, 3, 8) + shift for shift in (1.0, 0.5, 0.0))
     benign[:, 2] *= 10  # a layer with ten times the norm
-    norms = vectors.median_norms(benign)
+    norms = median_hidden_norms(benign, [0, 1, 2])
     assert norms[2] == pytest.approx(10 * np.median(np.linalg.norm(benign[:, 2] / 10, axis=-1)), rel=1e-5)
     scaled = vectors.scaled_to_norm(vectors.mean_difference(harmful, benign), norms)
-    np.testing.assert_allclose(np.linalg.norm(scaled, axis=-1), norms, rtol=1e-5)
+    np.testing.assert_allclose([np.linalg.norm(scaled[l]) for l in norms], list(norms.values()), rtol=1e-5)
     true_refusal = vectors.mean_difference(harmful, benign)
     false_refusal = vectors.orthogonalise(vectors.mean_difference(pseudo, benign), true_refusal)
     np.testing.assert_allclose(np.sum(false_refusal * true_refusal, axis=-1), 0.0, atol=1e-4)

@@ -9,6 +9,7 @@ import json
 import logging
 import os
 
+
 def write_text(path: str, text: str) -> None:
     """Write a text file via a temporary file and a rename: never half-written."""
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)

@@ -203,7 +203,7 @@ def steered_generate(pre: Pretrained, input_ids, attention_mask=None,
         raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
     if not np.isfinite(temperature) or temperature < 0 or not 0 < top_p <= 1:
         raise ValueError(f"need a finite temperature >= 0 and 0 < top_p <= 1, got {temperature}, {top_p}")
-    real = ids[mask.astype(bool)]
+    real = ids[mask]
     if real.size and (real.min() < 0 or real.max() >= pre.config.vocab_size):
         raise ValueError(f"input_ids hold token ids in [{real.min()}, {real.max()}]; the model's "
                          f"vocabulary is [0, {pre.config.vocab_size - 1}]")

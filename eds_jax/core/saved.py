@@ -288,6 +288,8 @@ def load_steering(directory: str, *, eta: Union[None, float, Mapping[int, float]
     num_steps, layers (a subset of the saved layers), energy_floor (False: no floor; a mapping:
     these floors), system (another system prompt than the EBMs' deployment).
     """
+    if system is not None and not isinstance(system, str):
+        raise ValueError(f"system must be a string, got {type(system).__name__}")
     ebms, meta = load_ebms(directory)
     directory = os.path.abspath(directory)
     settings = check_metadata(meta, directory)
@@ -302,10 +304,9 @@ def load_steering(directory: str, *, eta: Union[None, float, Mapping[int, float]
     if num_steps is not None and (isinstance(num_steps, bool) or int(num_steps) != num_steps or num_steps < 0):
         raise ValueError(f"num_steps={num_steps!r}: expected a whole number >= 0")
     steps = settings.num_steps if num_steps is None else int(num_steps)
-    etas = settings.eta if eta is None else eta
-    if not isinstance(etas, Mapping):
-        etas = {layer: etas for layer in chosen}
-    etas = {layer: etas[layer] for layer in chosen} if set(chosen) <= set(etas) else etas
+    etas = settings.eta if eta is None else eta  # one number steers every layer alike
+    if isinstance(etas, Mapping) and set(chosen) <= set(etas):
+        etas = {layer: etas[layer] for layer in chosen}
     if energy_floor is None:
         floor = None if settings.energy_floor is None else {l: settings.energy_floor[l] for l in chosen}
     elif energy_floor is False:
@@ -322,8 +323,6 @@ def load_steering(directory: str, *, eta: Union[None, float, Mapping[int, float]
         steering = Steering(ebms, eta=etas, num_steps=steps, energy_floor=floor,
                             dropout_at_inference=dropout_at_inference, dropout_seed=seed,
                             record_energy_after=record_energy_after)
-    if system is not None and not isinstance(system, str):
-        raise ValueError(f"system must be a string, got {type(system).__name__}")
     return SavedSteering(directory=directory, ebms=ebms, settings=settings, steering=steering,
                          system=meta["system"] if system is None else system, model=dict(meta["model"]),
                          judge=meta["judge"], sweep=meta["sweep"], metadata=meta, note=note)

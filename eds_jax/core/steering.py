@@ -84,6 +84,13 @@ def scaled_eta(eta, scale: str, hidden_norms: Optional[Mapping[int, float]] = No
             for layer, norm in hidden_norms.items()}
 
 
+def median_hidden_norms(activations, layers) -> dict[int, float]:
+    """{layer: the median L2 norm of the states at that layer} of [N, L, D] activations: the unit
+    of `eta_scale="hidden_norm"` and of the vector baselines' coefficients."""
+    return {int(layer): float(np.median(np.linalg.norm(np.asarray(activations[:, layer], np.float32),
+                                                       axis=-1))) for layer in layers}
+
+
 def take_per_row(setting, rows):
     return setting[jnp.asarray(rows)] if np.ndim(setting) == 1 else setting
 

@@ -72,16 +72,15 @@ def orthogonalise(vectors: np.ndarray, against: np.ndarray) -> np.ndarray:
     return (v - np.sum(v * unit, axis=-1, keepdims=True) * unit).astype(np.float32)
 
 
-def median_norms(activations: np.ndarray) -> np.ndarray:
-    """[L]: the median L2 norm of the activations' states at each layer."""
-    return np.median(np.linalg.norm(np.asarray(activations, np.float32), axis=-1), axis=0)
-
-
-def scaled_to_norm(vectors: np.ndarray, norms: np.ndarray) -> np.ndarray:
-    """[L, D]: each layer's unit vector times that layer's norm (so coeff = a fraction of it)."""
-    v = np.asarray(vectors, np.float64)
-    lengths = np.linalg.norm(v, axis=-1, keepdims=True)
-    return np.where(lengths > 0, v / np.maximum(lengths, 1e-30) * np.asarray(norms)[:, None], 0.0).astype(np.float32)
+def scaled_to_norm(vectors: np.ndarray, norms: Mapping[int, float]) -> dict[int, np.ndarray]:
+    """{layer: that layer's unit vector times its norm} for the layers of `norms` (e.g.
+    `steering.median_hidden_norms`), so an added coefficient is a fraction of the norm."""
+    out = {}
+    for layer, norm in norms.items():
+        v = np.asarray(vectors[layer], np.float64)
+        length = np.linalg.norm(v)
+        out[int(layer)] = (v / length * norm if length > 0 else np.zeros_like(v)).astype(np.float32)
+    return out
 
 
 @jax.tree_util.register_pytree_node_class

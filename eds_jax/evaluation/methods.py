@@ -57,6 +57,7 @@ def build_methods(opts: EvalOptions, pre, saved, system, judge) -> tuple[dict, d
     from eds_jax.training.collect import last_token_activations
     from eds_jax.datasets.prompt_files import load_prompts, load_prompts_with
     from eds_jax.core import vectors
+    from eds_jax.core.steering import median_hidden_norms
 
     methods = list(opts.methods)
     ebms = saved.ebms if saved is not None else {}
@@ -103,9 +104,9 @@ def build_methods(opts: EvalOptions, pre, saved, system, judge) -> tuple[dict, d
     benign = activations(opts.direction_benign)
     # added vectors are unit directions times each layer's median hidden-state norm, so their
     # coefficients are fractions of it, as EDS's eta is with eta_scale="hidden_norm"
-    norms = vectors.median_norms(benign)
+    norms = median_hidden_norms(benign, layers)
     scale = {"scale": "fraction of the layer's median hidden-state norm",
-             "hidden_norm": {str(l): float(norms[l]) for l in layers}}
+             "hidden_norm": {str(l): n for l, n in norms.items()}}
     if {"actadd", "ablation", "fr_ablation"} & set(vector_methods):
         harmful = activations(opts.direction_harmful)
         direction = vectors.mean_difference(harmful, benign)  # the true-refusal direction

@@ -93,10 +93,15 @@ def check_options(opts: EvalOptions) -> None:
     for name in ("max_new_tokens", "batch_size"):
         if getattr(opts, name) < 1:
             raise EvalError(f"{name}={getattr(opts, name)}: expected >= 1")
-    if os.path.exists(opts.output_dir) and not os.path.isdir(opts.output_dir):
-        raise EvalError(f"output_dir={opts.output_dir!r} is a file; expected a directory")
+    check_output_dir(opts.output_dir)
+
+
+def check_output_dir(output_dir: str) -> None:
+    """The output directory is a directory (or can become one) where files can be created."""
     from eds_jax.common.files import check_output_path
-    check_output_path(os.path.join(opts.output_dir, "results.json"))  # writable, before any work
+    if os.path.exists(output_dir) and not os.path.isdir(output_dir):
+        raise EvalError(f"output_dir={output_dir!r} is a file; expected a directory")
+    check_output_path(os.path.join(output_dir, "results.json"))  # writable, before any work
 
 
 def _digest(value) -> str:
@@ -113,8 +118,7 @@ def evaluate(opts: EvalOptions) -> dict:
     from eds_jax.common.files import read_partial, write_partial
 
     if opts.rejudge:  # judges stored responses: no methods, sets or model involved
-        if os.path.exists(opts.output_dir) and not os.path.isdir(opts.output_dir):
-            raise EvalError(f"output_dir={opts.output_dir!r} is a file; expected a directory")
+        check_output_dir(opts.output_dir)
         return rejudge(opts, opts.rejudge)
     check_options(opts)
     start = time.time()

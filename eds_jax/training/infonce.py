@@ -206,6 +206,11 @@ class TrainCheckpoints:
         return state, list(restored["history"])
 
 
+def check_val_fraction(val_fraction: float) -> None:
+    if not 0 < val_fraction < 1:
+        raise ValueError(f"config.train.val_fraction={val_fraction!r}: expected a fraction in (0, 1)")
+
+
 def checkpoint_key(activations: np.ndarray, labels: np.ndarray, layers, spec: EBMSpec,
                    config: TrainConfig, val_fraction: float) -> str:
     """A digest of everything that decides the training trajectory."""
@@ -227,8 +232,7 @@ def train_layers(activations: np.ndarray, labels: np.ndarray, layers: list[int],
     Returns the best-epoch params per layer, per-layer validation metrics of the best epoch, the
     per-epoch history, and the validation energies (for plots).
     """
-    if not 0 < val_fraction < 1:
-        raise ValueError(f"train.val_fraction={val_fraction!r}: expected a fraction in (0, 1)")
+    check_val_fraction(val_fraction)
     train_idx, val_idx = split_indices(labels, val_fraction, config.seed)
     x = activations[:, layers].astype(np.float32)
     pos = x[train_idx][labels[train_idx] == 1]

@@ -20,7 +20,7 @@ from typing import Any, Optional
 
 import numpy as np
 
-from eds_jax.core.steering import check_eta_scale, scaled_eta
+from eds_jax.core.steering import check_eta_scale, median_hidden_norms, scaled_eta
 
 log = logging.getLogger("eds_jax.training")
 
@@ -64,15 +64,14 @@ def maybe_initialize_distributed(cfg) -> None:
 
 def check_config(cfg) -> None:
     """What can be checked before any prompt is read or the model loads."""
-    from eds_jax.training.infonce import TrainConfig
+    from eds_jax.training.infonce import TrainConfig, check_val_fraction
     try:
         check_eta_scale(cfg.steer.eta_scale)
     except ValueError as error:
         raise ValueError(f"config.steer.{error}") from None
     TrainConfig(cfg.train.epochs, cfg.train.batch_size, cfg.train.learning_rate,
                 cfg.train.temperature, cfg.train.seed, cfg.train.select_by)
-    if not 0 < cfg.train.val_fraction < 1:
-        raise ValueError(f"config.train.val_fraction={cfg.train.val_fraction!r}: expected a fraction in (0, 1)")
+    check_val_fraction(cfg.train.val_fraction)
     for name in ("max_new_tokens", "batch_size"):
         value = cfg.collect[name]
         if value < 1:
@@ -117,13 +116,6 @@ def energy_floors(ebms: dict, activations, labels, quantiles) -> dict:
             for q in quantiles}
 
 
-def hidden_norms(activations, layers) -> dict:
-    """{layer: the median L2 norm of the training states at that layer} (the unit of
-    `steer.eta_scale="hidden_norm"`)."""
-    return {int(layer): float(np.median(np.linalg.norm(np.asarray(activations[:, layer], np.float32),
-                                                       axis=-1))) for layer in layers}
-
-
 def _per_layer(eta, layers) -> dict:
     return ({int(l): float(eta[l]) for l in layers} if isinstance(eta, dict)
             else {int(l): float(eta) for l in layers})
@@ -145,7 +137,7 @@ def choose_steering(cfg, pre, ranked: list[int], layer_ebm, validation: tuple[li
     s = cfg.sweep
     scale = cfg.steer.eta_scale
     tops = tuple(int(x) for x in s.top_n_layers) or (int(cfg.steer.top_n_layers),)
-    norms = hidden_norms(data.activations, ranked[:max(tops)]) if scale == "hidden_norm" else {}
+    norms = median_hidden_norms(data.activations, ranked[:max(tops)]) if scale == "hidden_norm" else {}
 
     def eta_for(value, layers):  # the configured eta (or fraction) as Steering's eta
         return scaled_eta(value, scale, {l: norms[l] for l in layers} if norms else None)
@@ -252,8 +244,8 @@ def train_and_choose(cfg, workdir: str) -> TrainResult:
                       int(cfg.collect.max_new_tokens), "training prompt")
     check_prompts_fit(tokenizer, model_config, validation[0] + validation[1], cfg.collect.system,
                       int(cfg.sweep.max_new_tokens), "validation prompt")
-    EBMSpec.build(cfg.ebm.architecture, model_config.hidden_size, cfg.ebm.hidden_dim,
-                  tuple(cfg.ebm.hidden_dims), cfg.ebm.dropout_rate, cfg.ebm.use_layernorm)
+    spec = EBMSpec.build(cfg.ebm.architecture, model_config.hidden_size, cfg.ebm.hidden_dim,
+                         tuple(cfg.ebm.hidden_dims), cfg.ebm.dropout_rate, cfg.ebm.use_layernorm)
     tops = [int(cfg.steer.top_n_layers)] + [int(n) for n in cfg.sweep.top_n_layers]
     if max(tops) > model_config.num_layers:
         raise ValueError(f"config.steer/sweep.top_n_layers {max(tops)} > the model's {model_config.num_layers} layers")
@@ -268,8 +260,6 @@ def train_and_choose(cfg, workdir: str) -> TrainResult:
     # replicated over `data`; collection batches are split over `data`
     pre = models.load_pretrained(source, dtype=cfg.model.dtype,
                                  shardings=lambda config: param_shardings(config, mesh))
-    spec = EBMSpec.build(cfg.ebm.architecture, pre.config.hidden_size, cfg.ebm.hidden_dim,
-                         tuple(cfg.ebm.hidden_dims), cfg.ebm.dropout_rate, cfg.ebm.use_layernorm)
     train_config = infonce.TrainConfig(cfg.train.epochs, cfg.train.batch_size, cfg.train.learning_rate,
                                        cfg.train.temperature, cfg.train.seed, cfg.train.select_by)
     data = collection_lib.collect(pre, benign, harmful, os.path.join(workdir, "collect"),
