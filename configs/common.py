@@ -1,6 +1,7 @@
 """Defaults shared by every model config; each file in configs/ starts from `base_config()`."""
 import ml_collections
 
+from eds_jax.training.search import FLOOR_QUANTILES, LOG_FRACTIONS as LOG_ETA_FRACTIONS  # noqa: F401
 # the public splits the package ships (eds_jax/datasets/README.md); `data:` paths resolve relative
 # to the installed package, wherever the command runs
 PUBLIC = "data:public"
@@ -59,7 +60,16 @@ def base_config():
     c.sweep = ml_collections.ConfigDict({
         "benign": {"or_bench_hard": source(f"{PUBLIC}/or_bench_hard_val.json", limit=64)},
         "harmful": {"harmful": source(f"{PUBLIC}/harmful_val.json")},
-        "etas": (),  # candidates (read as steer.eta_scale says); rows of one batch, one compile
+        # the coarse candidates (read as steer.eta_scale says; rows of one batch, one compile),
+        # then an adaptive search around the best (eds_jax.training.search.AdaptiveSearch):
+        # midpoints with its neighbours, a step past the grid's edge when it sits there, every new
+        # setting screened on a share of the validation prompts first
+        "etas": (),
+        "refine_rounds": 3,  # 0: the grid only
+        "max_extensions": 2,
+        "min_ratio": 1.2,
+        "screen_fraction": 0.5,  # 0: every setting on every validation prompt
+        "screen_margin": 0.05,
         "num_steps": (),  # empty: (c.steer.num_steps,)
         "top_n_layers": (),  # empty: (c.steer.top_n_layers,)
         # each q adds the same etas with an energy floor (Steering(energy_floor=...)): a row steps

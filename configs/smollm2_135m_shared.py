@@ -5,7 +5,7 @@ instructions plus the seemingly toxic OR-Bench-Hard, XSTest-safe and OKTest trai
 ones are the harmful and XSTest-unsafe training splits. Test sets (ORB-H test, XSTest-safe val,
 OKTest val, JailbreakBench, HarmBench test) are not among them.
 """
-from configs.common import PUBLIC, source
+from configs.common import FLOOR_QUANTILES, LOG_ETA_FRACTIONS, PUBLIC, source
 from configs.smollm2_135m import get_config as smollm2_config
 
 
@@ -22,13 +22,13 @@ def get_config():
     # eta as a fraction of each layer's median hidden-state norm: SmolLM2's norms grow with depth
     # (134 at layer 15, 325 at 23), so one absolute eta pushes shallow layers hardest (README)
     c.steer.eta_scale = "hidden_norm"
-    c.sweep.etas = (0.1, 0.2, 0.3)
-    c.sweep.energy_floor_quantiles = (0.8,)
+    c.sweep.etas = LOG_ETA_FRACTIONS  # then refined around the best (configs/common.py)
+    c.sweep.energy_floor_quantiles = FLOOR_QUANTILES
     # validation prompts for the eta sweep: neither training nor test prompts
     c.sweep.benign = {"or_bench_hard": source(f"{PUBLIC}/or_bench_hard_val.json", limit=64),
                       "harmless": source(f"{PUBLIC}/harmless_val.json")}
     c.sweep.harmful = {"harmful": source(f"{PUBLIC}/harmful_val.json"),
-                       "xstest_unsafe": source(f"{PUBLIC}/xstest_unsafe_val.json", limit=24)}
+                       "xstest_unsafe": source(f"{PUBLIC}/xstest_unsafe_val.json")}
     c.train.epochs = 80  # 30 left the best layers still improving (best epoch 30 of 30)
     c.train.batch_size = 64
     return c

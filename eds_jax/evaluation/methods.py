@@ -4,6 +4,7 @@ SafeSteer, false-refusal vector ablation) with their coefficients chosen by the 
 settings (`eds_jax.training.search`)."""
 from __future__ import annotations
 
+import dataclasses
 import logging
 from typing import Optional, Sequence
 
@@ -41,14 +42,19 @@ class Validation:
             import eds_jax
             self._unsteered = eds_jax.generate_text(self.pre, benign + harmful, progress=True, **options)
         group = search.SettingGroup({"method": method}, "coeff", [float(c) for c in candidates], build)
-        table, _ = search.run_sweep(self.pre, benign, harmful, [group], self.judge,
-                                    harmful_sources=harmful_sources, baseline=self._unsteered,
-                                    **options)
-        row, reason = search.choose_setting(table, search.Tolerances(**swept["tolerances"]))
+        # the search that chose EDS's settings (older metadata: the grid), by the same rule
+        adaptive = search.AdaptiveSearch(**swept["search"]) if swept.get("search") else search.GRID
+        tolerances = search.Tolerances(**swept["tolerances"])
+        table, _ = search.run_search(self.pre, benign, harmful, [group], self.judge, adaptive,
+                                     tolerances, harmful_sources=harmful_sources,
+                                     baseline=self._unsteered, seed=int(swept.get("seed", 0)),
+                                     **options)
+        row, reason = search.choose_setting(table, tolerances)
         log.info("%s: %s", method, reason)
         print(f"{method} coefficient on validation prompts: {reason}")
         coeff = 0.0 if row["setting"] == search.UNSTEERED else row["coeff"]
-        return coeff, {"table": table, "chosen": row["setting"], "reason": reason}
+        return coeff, {"table": table, "chosen": row["setting"], "reason": reason,
+                       "search": dataclasses.asdict(adaptive)}
 
 
 def build_methods(opts: EvalOptions, pre, saved, system, judge) -> tuple[dict, dict]:

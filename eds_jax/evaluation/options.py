@@ -5,10 +5,13 @@ from __future__ import annotations
 import dataclasses
 from typing import Optional, Sequence
 
+from eds_jax.training.search import LOG_FRACTIONS
+
 METHODS = ("baseline", "eds", "actadd", "ablation", "safesteer", "fr_ablation")
 # vector coefficients are fractions of each steered layer's median hidden-state norm (EDS's
-# eta_scale="hidden_norm" scale): log-spaced over 16x; ablation strengths from partial to full
-ADD_COEFFS = ("-0.025", "-0.05", "-0.1", "-0.2", "-0.4")
+# eta_scale="hidden_norm" scale), negated (added vectors subtract along the refusal direction):
+# EDS's coarse grid, refined by the same search; ablation strengths from partial to full
+ADD_COEFFS = tuple(f"-{v}" for v in LOG_FRACTIONS)
 ABLATION_STRENGTHS = ("0.25", "0.5", "1")
 PUBLIC = "data:public"  # the public splits the package ships (eds_jax/datasets/README.md)
 

@@ -160,6 +160,23 @@ class Judged:
             raise ValueError("no responses to rate")
         return {o: float(np.mean(picked == o)) for o in OUTCOMES} | {"n": int(picked.size)}
 
+    def take(self, indices) -> "Judged":
+        """The judgements of the responses at `indices`, in that order."""
+        return Judged([self.outcomes[i] for i in indices], np.asarray(self.nll)[np.asarray(indices, int)])
+
+    def merged(self, indices, other: "Judged", other_indices) -> "Judged":
+        """One judgement of a whole set from two parts: this one's responses sit at `indices`,
+        `other`'s at `other_indices` (together 0..n-1, each once)."""
+        order = np.concatenate([np.asarray(indices, int), np.asarray(other_indices, int)])
+        if np.sort(order).tolist() != list(range(order.size)):
+            raise ValueError("the two parts must cover each response once")
+        outcomes = [None] * order.size
+        nll = np.empty(order.size)
+        for i, outcome, x in zip(order, list(self.outcomes) + list(other.outcomes),
+                                 np.concatenate([self.nll, other.nll])):
+            outcomes[i], nll[i] = outcome, x
+        return Judged(outcomes, nll)
+
 
 def calibrated_judge(pre, prompts: Sequence[str], unsteered: Sequence[str], refusal: str = "substring",
                      quantile: float = 0.95, margin: float = 0.5, batch_size: int = 16,

@@ -76,6 +76,9 @@ def check_config(cfg) -> None:
         value = cfg.collect[name]
         if value < 1:
             raise ValueError(f"config.collect.{name}={value!r}: expected >= 1")
+    adaptive_search(cfg)
+    if any(not float(v) > 0 for v in cfg.sweep.etas):
+        raise ValueError(f"config.sweep.etas={tuple(cfg.sweep.etas)!r}: expected step sizes > 0")
     if cfg.steer.top_n_layers < 1 or any(int(n) < 1 for n in cfg.sweep.top_n_layers):
         raise ValueError("config.steer.top_n_layers / sweep.top_n_layers must be >= 1")
 
@@ -106,6 +109,17 @@ def validation_prompts(cfg, training_prompts: set) -> tuple[list[str], list[str]
         raise ValueError(f"config.sweep needs benign and harmful validation prompts, got {len(benign)} "
                          f"and {len(harmful)}")
     return benign, harmful, harmful_sources
+
+
+def adaptive_search(cfg):
+    """The `search.AdaptiveSearch` that `cfg.sweep` describes."""
+    from eds_jax.training.search import AdaptiveSearch
+    s = cfg.sweep
+    try:
+        return AdaptiveSearch(int(s.refine_rounds), int(s.max_extensions), float(s.min_ratio),
+                              float(s.screen_fraction), float(s.screen_margin))
+    except ValueError as error:
+        raise ValueError(f"config.sweep: {error}") from None
 
 
 def energy_floors(ebms: dict, activations, labels, quantiles) -> dict:
@@ -174,24 +188,30 @@ def choose_steering(cfg, pre, ranked: list[int], layer_ebm, validation: tuple[li
                                       **options)
     judge = helpfulness.calibrated_judge(pre, benign + harmful, unsteered, cfg.collect.judge,
                                          s.fluency_quantile, s.fluency_margin, int(s.batch_size))
-    table, responses = search.run_sweep(pre, benign, harmful, groups, judge, baseline=unsteered,
-                                        harmful_sources=harmful_sources, **options)
-    row, reason = search.choose_setting(table, search.Tolerances(s.max_refusal_drop,
-                                                                 s.max_incoherence_rise))
+    tolerances = search.Tolerances(s.max_refusal_drop, s.max_incoherence_rise)
+    started = time.time()
+    table, responses = search.run_search(pre, benign, harmful, groups, judge, adaptive_search(cfg),
+                                         tolerances, baseline=unsteered, seed=int(cfg.data.seed),
+                                         harmful_sources=harmful_sources, **options)
+    search_s = time.time() - started
+    row, reason = search.choose_setting(table, tolerances)
     log.info("sweep: %s", reason)
     if jax.process_index() == 0:
         write_jsonl(os.path.join(workdir, "sweep_responses.jsonl"),
                     ({"setting": label, "kind": kind, "prompt": p, "response": r}
                      for label, texts in responses.items()
                      for p, kind, r in zip(benign + harmful,
-                                           ["benign"] * len(benign) + ["harmful"] * len(harmful), texts)))
-        plots.plot_tradeoff(os.path.join(workdir, "sweep_tradeoff.png"), table, row["setting"])
+                                           ["benign"] * len(benign) + ["harmful"] * len(harmful), texts)
+                     if r is not None))  # None: a screened-out setting never ran on that prompt
+        plots.plot_tradeoff(os.path.join(workdir, "sweep_tradeoff.png"),
+                            [r for r in table if not r.get("screened_out")], row["setting"])
     sweep = {"table": table, "chosen": row["setting"], "reason": reason,
              "benign": {k: v.to_dict() for k, v in s.benign.items()},
              "harmful": {k: v.to_dict() for k, v in s.harmful.items()},
              "tolerances": {"max_refusal_drop": s.max_refusal_drop,
                             "max_incoherence_rise": s.max_incoherence_rise},
-             "max_new_tokens": int(s.max_new_tokens), "seed": int(cfg.data.seed)}
+             "max_new_tokens": int(s.max_new_tokens), "seed": int(cfg.data.seed),
+             "search": dataclasses.asdict(adaptive_search(cfg)), "search_wall_time_s": round(search_s, 1)}
     if row["setting"] == search.UNSTEERED:
         return (settings(ranked[:tops[0]], 0.0, steps_list[0], unsteered=True, chosen=True),
                 judge.to_dict(), sweep)

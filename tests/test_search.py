@@ -1,0 +1,134 @@
+"""The adaptive settings search (`eds_jax.training.search`) on hand-made objectives: the refinement
+rule alone (`next_values`), and the whole `run_search` loop with generation and judging replaced by
+functions of the steering value, so screening, merging and refinement run as they do on a model."""
+import numpy as np
+import pytest
+
+from eds_jax.judging.helpfulness import HELPFUL, INCOHERENT, REFUSAL, Judged
+from eds_jax.training import search
+
+TOL = search.Tolerances(max_refusal_drop=0.05, max_incoherence_rise=0.05)
+COARSE = (0.01, 0.0316, 0.1, 0.316, 1.0)
+BASE = {"setting": search.UNSTEERED, "benign_helpful": 0.5, "harmful_refusal": 0.4, "incoherent": 0.02}
+
+
+def bump(optimum, height=0.3, width=0.5):
+    """Benign helpfulness peaking at `optimum` on a log scale; refusal and coherence kept."""
+    def row(value):
+        helpful = 0.5 + height * np.exp(-((np.log10(abs(value)) - np.log10(optimum)) / width) ** 2)
+        return {"setting": f"v={value}", "v": value, "benign_helpful": float(helpful),
+                "harmful_refusal": 0.4, "incoherent": 0.02}
+    return row
+
+
+def drive(objective, coarse=COARSE, rounds=4, extensions=2):
+    """The loop of `run_search` on an objective {value -> row}: the grid, then refinement rounds."""
+    evaluated = {0: {v: objective(v) for v in coarse}}
+    for _ in range(rounds):
+        proposals, used = search.next_values(evaluated, BASE, TOL, extensions_left=extensions)
+        extensions -= used
+        proposals = [(g, v) for g, v in proposals if v not in evaluated[g]]
+        if not proposals:
+            break
+        evaluated[0] |= {v: objective(v) for _, v in proposals}
+    best, _ = search.choose_setting([BASE] + list(evaluated[0].values()), TOL)
+    return best, evaluated[0]
+
+
+def test_search_refines_to_an_interior_optimum_between_grid_points():
+    best, evaluated = drive(bump(0.05))
+    # the grid's best is 0.0316 (helpful 0.77); refinement lands within 20% of 0.05
+    assert 0.05 / 1.2 < best["v"] < 0.05 * 1.2, sorted(evaluated)
+    assert best["benign_helpful"] > bump(0.05)(0.0316)["benign_helpful"]
+    assert all(0.01 <= v <= 1.0 for v in evaluated)  # an interior optimum needs no extension
+
+
+def test_search_extends_past_the_edge_where_the_best_sits():
+    best, evaluated = drive(bump(5.0))
+    assert max(evaluated) > 1.0  # stepped past the grid's top edge
+    assert best["v"] > 2.0, sorted(evaluated)
+    best, evaluated = drive(bump(0.002))
+    assert min(evaluated) < 0.01 and best["v"] < 0.006, sorted(evaluated)
+
+
+def test_search_extensions_are_bounded():
+    _, evaluated = drive(bump(1000.0), rounds=10, extensions=2)
+    assert max(evaluated) == pytest.approx(1.0 * 3.16 ** 2, rel=1e-2)  # two steps past the edge, no more
+
+
+def test_search_looks_gentler_when_no_setting_keeps_the_constraints():
+    def objective(value):  # every setting from 0.01 up costs 10 points of harmful refusal
+        refusal = 0.4 if value < 0.005 else 0.3
+        return {"setting": f"v={value}", "v": value, "benign_helpful": 0.6, "harmful_refusal": refusal,
+                "incoherent": 0.02}
+    proposals, used = search.next_values({0: {v: objective(v) for v in COARSE}}, BASE, TOL,
+                                         extensions_left=2)
+    assert used == 1 and proposals == [(0, pytest.approx(0.01 / 3.16, rel=1e-3))]
+    best, _ = drive(objective)
+    assert best["v"] < 0.005  # found the gentle setting that keeps refusals
+
+
+def test_search_refines_negative_coefficients_by_magnitude():
+    best, evaluated = drive(bump(0.05), coarse=tuple(-v for v in COARSE))
+    assert all(v < 0 for v in evaluated)
+    assert 0.05 / 1.2 < -best["v"] < 0.05 * 1.2
+
+
+def test_search_settings_are_checked():
+    with pytest.raises(ValueError, match="screen_fraction=1.0"):
+        search.AdaptiveSearch(screen_fraction=1.0)
+    with pytest.raises(ValueError, match="refine_rounds=-1"):
+        search.AdaptiveSearch(refine_rounds=-1)
+    with pytest.raises(ValueError, match="min_ratio=1.0"):
+        search.AdaptiveSearch(min_ratio=1.0)
+
+
+class FakeJudge:
+    """Responses are "helpful", "refusal" or "incoherent" already; the judge reads them."""
+
+    def judge(self, pre, prompts, responses, batch_size=16):
+        assert len(prompts) == len(responses)
+        return Judged(list(responses), np.zeros(len(responses)))
+
+
+def test_run_search_screens_refines_and_merges(monkeypatch):
+    """The loop with generation replaced by a function of the per-row steering value: values above
+    0.5 turn everything incoherent (screened out on the subset, never run on the rest); benign
+    helpfulness grows with the value up to 0.2, after which harmful refusals fall."""
+    import eds_jax.core.decoding as decoding
+    benign = [f"b{i}" for i in range(20)]
+    harmful = [f"h{i}" for i in range(10)]
+    calls = []
+
+    def answer(prompt, value):
+        i = int(prompt[1:])
+        if value > 0.5:
+            return INCOHERENT
+        if prompt[0] == "b":  # helpful for the first 10 + 40 * value (capped at 0.2) prompts
+            return HELPFUL if i < 10 + 40 * min(value, 0.2) else REFUSAL
+        return REFUSAL if i < 6 - (20 * (value - 0.2) if value > 0.2 else 0) else HELPFUL
+
+    def fake_generate(pre, prompts, steering=None, **_):
+        values = np.zeros(len(prompts)) if steering is None else steering
+        calls.append(len(prompts))
+        return [answer(p, float(v)) for p, v in zip(prompts, values)]
+
+    monkeypatch.setattr(decoding, "generate_text", fake_generate)
+    group = search.SettingGroup({"layers": [1]}, "eta", (0.01, 0.0316, 0.1, 0.316, 1.0), lambda v: v)
+    adaptive = search.AdaptiveSearch(refine_rounds=3, max_extensions=2, screen_fraction=0.5)
+    table, responses = search.run_search(None, benign, harmful, [group], FakeJudge(), adaptive, TOL,
+                                         system=None, max_new_tokens=4, batch_size=8, progress=False)
+    rows = {r.get("eta"): r for r in table[1:]}
+    assert table[0]["benign_helpful"] == 0.5 and table[0]["harmful_refusal"] == 0.6
+    screened = [v for v, r in rows.items() if r.get("screened_out")]
+    # 1.0 is incoherent, 0.316 has lost 2 of 10 harmful refusals (subset: more than 5 + 5 points)
+    assert screened == [0.316, 1.0] and rows[1.0]["benign_n"] == 10 and rows[1.0]["harmful_n"] == 5
+    assert sum(r is None for r in responses["layers=[1] eta=1.0"]) == 15  # never ran on the rest
+    best, reason = search.choose_setting(table, TOL)
+    assert not best.get("screened_out")
+    # the grid's best is 0.1 (helpful 0.75); helpfulness tops out at 0.9 from eta 0.175, and refusals
+    # fall past 0.2: refinement finds the plateau between grid points
+    assert 0.175 <= best["eta"] <= 0.225 and best["benign_helpful"] == 0.9, (sorted(rows), reason)
+    assert all(r["benign_n"] == 20 and r["harmful_n"] == 10 for r in rows.values() if not r.get("screened_out"))
+    assert calls[0] == 30  # the unsteered run on every prompt, then screens of 15 prompts per value
+    assert calls[1] == 15 * 5
