@@ -14,7 +14,7 @@ import models
 from eds_jax import EBM, EBMSpec
 from eds_jax.core import vectors
 from eds_jax.core.steering import median_hidden_norms
-from eds_jax.evaluation.metrics import markdown_table, paired_delta, rate_interval, summarise
+from eds_jax.evaluation.metrics import markdown_table, method_table, paired_delta, rate_interval, summarise
 from eds_jax.evaluation.options import ABLATION_STRENGTHS, ADD_COEFFS, METHODS
 from conftest import ROOT, kill_once_written, left_padded_batch, make_checkpoint, save_test_steering
 
@@ -77,6 +77,14 @@ def test_summarise_three_outcomes_deltas_and_pooled_sets():
     assert "| jbb (refusal) | baseline |" in table and "(reference)" in table
     with pytest.raises(ValueError, match="same prompts"):
         summarise([Set("xs", "benign")], {("xs", "a"): [H], ("xs", "b"): [H, R]})
+    # the paper's shape: one row per method, per set its metric with incoherence beside it
+    by_method = method_table(results, {"n": 4, "methods": {"baseline": {"accuracy": {"rate": 0.25}},
+                                                           "eds": {"accuracy": {"rate": 0.5}}}})
+    head, _, baseline, eds = by_method.splitlines()
+    assert head == ("| method | xs helpful (incoherent) | ok helpful (incoherent) | jbb refused (incoherent) "
+                    "| MMLU accuracy (4 q.) |")
+    assert baseline == "| baseline | 50.0% (0.0%) | 50.0% (0.0%) | 50.0% (0.0%) | 25.0% |"
+    assert eds == "| eds | 75.0% (25.0%) | 100.0% (0.0%) | 0.0% (50.0%) | 50.0% |"
 
 
 def test_vector_baselines_match_a_pytorch_pre_hook(tmp_path):

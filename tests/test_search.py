@@ -132,3 +132,12 @@ def test_run_search_screens_refines_and_merges(monkeypatch):
     assert all(r["benign_n"] == 20 and r["harmful_n"] == 10 for r in rows.values() if not r.get("screened_out"))
     assert calls[0] == 30  # the unsteered run on every prompt, then screens of 15 prompts per value
     assert calls[1] == 15 * 5
+
+
+def test_deployments_resolve_by_name():
+    from eds_jax.core import deployment
+    assert deployment.resolve_system("deployment:few_shot") == deployment.OVER_CAUTIOUS_SYSTEM
+    assert deployment.resolve_system("Be careful.") == "Be careful." and deployment.resolve_system(None) is None
+    assert len(deployment.DEPLOYMENTS) >= 4 and len(set(deployment.DEPLOYMENTS.values())) == len(deployment.DEPLOYMENTS)
+    with pytest.raises(ValueError, match="'deployment:nope' names no deployment"):
+        deployment.resolve_system("deployment:nope")

@@ -29,6 +29,7 @@ from typing import Any, Mapping, Optional, Union
 import jax
 import numpy as np
 
+from eds_jax.core.deployment import resolve_system
 from eds_jax.core.ebm import EBM, EBMSpec, check_params
 from eds_jax.core.steering import ETA_SCALES, Steering
 
@@ -290,6 +291,7 @@ def load_steering(directory: str, *, eta: Union[None, float, Mapping[int, float]
     """
     if system is not None and not isinstance(system, str):
         raise ValueError(f"system must be a string, got {type(system).__name__}")
+    system = resolve_system(system)
     ebms, meta = load_ebms(directory)
     directory = os.path.abspath(directory)
     settings = check_metadata(meta, directory)

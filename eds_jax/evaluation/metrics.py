@@ -116,3 +116,33 @@ def markdown_table(results: dict) -> str:
                          f"{_pct(e['refusal'])} | {_pct(e['incoherent'])} | {_delta(e.get('delta'))} | "
                          f"{_delta(e.get('delta_incoherent'))} | {changed} |")
     return "\n".join(lines)
+
+
+def method_table(results: dict, capability: dict | None = None) -> str:
+    """The paper's shape: one row per method; per set its metric (benign and ordinary sets: helpful,
+    harmful sets: refused) with the incoherent rate beside it, then MMLU accuracy (when measured)
+    and how many ordinary answers the method changed. Counts are per set; deltas live in the full
+    table."""
+    sets = [(name, r) for name, r in results.items() if name not in POOLED.values()]
+    ordered = [(n, r) for kind in (BENIGN, HARMFUL, ORDINARY) for n, r in sets if r["kind"] == kind]
+    methods = list(next(iter(results.values()))["methods"]) if results else []
+    head = [f"{name} {'refused' if r['metric'] == 'refusal' else 'helpful'} (incoherent)" for name, r in ordered]
+    if capability:
+        head.append(f"MMLU accuracy ({capability['n']} q.)")
+    ordinary = [n for n, r in ordered if r["kind"] == ORDINARY]
+    head += [f"{name} answers changed" for name in ordinary]
+    lines = ["| method | " + " | ".join(head) + " |", "|---|" + "---|" * len(head)]
+    for method in methods:
+        cells = []
+        for name, r in ordered:
+            e = r["methods"][method]
+            metric, incoherent = e[r["metric"]], e["incoherent"]
+            cells.append(f"{100 * metric['rate']:.1f}% ({100 * incoherent['rate']:.1f}%)")
+        if capability:
+            a = capability["methods"][method]["accuracy"]
+            cells.append(f"{100 * a['rate']:.1f}%")
+        for name in ordinary:
+            e = results[name]["methods"][method]
+            cells.append(f"{e['changed']}/{e['helpful']['n']}" if "changed" in e else "(reference)")
+        lines.append(f"| {method} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)

@@ -212,14 +212,15 @@ def write_report(opts: EvalOptions, sets: Sequence[EvalSet], rows: list[dict], h
     prompt, in run order); `header` leads results.json."""
     from eds_jax.common import plots
     from eds_jax.common.files import write_jsonl, write_text
-    from eds_jax.evaluation.metrics import markdown_table, summarise
+    from eds_jax.evaluation.metrics import markdown_table, method_table, summarise
 
     outcomes, responses_by = {}, {}
     for row in rows:
         outcomes.setdefault((row["set"], row["method"]), []).append(row["outcome"])
         responses_by.setdefault((row["set"], row["method"]), []).append(row["response"])
     results = summarise(sets, outcomes, responses_by, opts.bootstrap, opts.seed)
-    table = markdown_table(results)
+    table = (method_table(results, header.get("capability")) + "\n\nPer set, with intervals and paired "
+             "deltas to the first method:\n\n" + markdown_table(results))
     if "capability" in header:
         from eds_jax.evaluation import capability
         table += "\n\n" + capability.markdown_table(header["capability"])

@@ -241,6 +241,7 @@ def train_and_choose(cfg, workdir: str) -> TrainResult:
     from eds_jax.common import plots
     from eds_jax.common.files import write_jsonl
     from eds_jax.core.decoding import check_prompts_fit
+    from eds_jax.core.deployment import resolve_system
     from eds_jax.core.ebm import EBMSpec
     from eds_jax.core.saved import save_steering
     from eds_jax.judging.refusal import get_judge
@@ -253,6 +254,12 @@ def train_and_choose(cfg, workdir: str) -> TrainResult:
         raise ValueError(f"workdir {workdir!r} is a file; expected a directory (new or existing)")
     check_config(cfg)
     get_judge(cfg.collect.judge)
+    # `deployment:NAME` names one of the suite's system prompts; the prompt itself is what is used,
+    # cached and saved with the EBMs
+    system = resolve_system(cfg.collect.system)
+    if system != cfg.collect.system:
+        cfg = cfg.copy_and_resolve_references()
+        cfg.collect.system = system
     # every prompt source is read before the model loads and before anything is written
     benign = collection_lib.read_sources(cfg.data.benign, cfg.data.seed)
     harmful = collection_lib.read_sources(cfg.data.harmful, cfg.data.seed)
