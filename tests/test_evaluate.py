@@ -67,6 +67,7 @@ def test_summarise_three_outcomes_deltas_and_pooled_sets():
     assert xs["eds"]["delta"]["delta"] == pytest.approx(0.25)
     assert xs["eds"]["delta_incoherent"]["delta"] == pytest.approx(0.25)
     assert "delta" not in xs["baseline"] and xs["eds"]["changed"] == 3
+    assert (xs["eds"]["refusals_removed"], xs["eds"]["refusals_added"]) == (2, 0)
     jbb = results["jbb"]["methods"]["eds"]
     assert jbb["delta"]["delta"] == pytest.approx(-0.5) and jbb["refusal"]["count"] == 0
     pooled = results["all benign"]["methods"]

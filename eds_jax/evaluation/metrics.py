@@ -90,6 +90,10 @@ def _summarise_set(kind: str, path: str, by_method: dict, num_boot: int, seed: i
                          f"{ {m: len(v) for m, v in by_method.items()} }")
     per_method = {m: _entry(np.asarray(by_method[m]), None if i == 0 else reference, METRIC[kind],
                             num_boot, seed) for i, m in enumerate(methods)}
+    for m in methods[1:]:  # selectivity: which refusals a method took away or added, prompt by prompt
+        outcomes = np.asarray(by_method[m])
+        per_method[m]["refusals_removed"] = int(np.sum((reference == "refusal") & (outcomes != "refusal")))
+        per_method[m]["refusals_added"] = int(np.sum((reference != "refusal") & (outcomes == "refusal")))
     return {"kind": kind, "metric": METRIC[kind], "path": path, "reference": methods[0],
             "methods": per_method}
 

@@ -190,17 +190,30 @@ def run_search(pre, benign: Sequence[str], harmful: Sequence[str], groups: Seque
             responses[setting_label(setting)] = full
             evaluated[g][value] = _row({"setting": setting_label(setting)} | setting, judged, kinds, sources)
 
+    def report(g, values):
+        for value in values:
+            r = evaluated[g][value]
+            if progress:
+                print(f"  {r['setting']}: benign helpful {r['benign_helpful']:.1%}, harmful refused "
+                      f"{r['harmful_refusal']:.1%}, incoherent {r['incoherent']:.1%}"
+                      + (" (screened out)" if r.get("screened_out") else ""), flush=True)
+
     for g, group in enumerate(groups):
-        evaluate(g, list(dict.fromkeys(float(v) for v in group.values)))
+        values = list(dict.fromkeys(float(v) for v in group.values))
+        evaluate(g, values)
+        report(g, values)
     extensions = search.max_extensions
     for _ in range(search.refine_rounds):
         proposals, used = next_values(evaluated, base, tolerances, extensions_left=extensions,
                                       min_ratio=search.min_ratio)
         extensions -= used
+        proposals = list(dict.fromkeys((g, v) for g, v in proposals if v not in evaluated[g]))
         if not proposals:
             break
         for g in dict.fromkeys(g for g, _ in proposals):
-            evaluate(g, [v for h, v in proposals if h == g])
+            values = [v for h, v in proposals if h == g]
+            evaluate(g, values)
+            report(g, values)
     table = [base] + [evaluated[g][v] for g in range(len(groups)) for v in sorted(evaluated[g], key=abs)]
     return table, responses
 
