@@ -130,6 +130,9 @@ def test_run_search_screens_refines_and_merges(monkeypatch):
     # fall past 0.2: refinement finds the plateau between grid points
     assert 0.175 <= best["eta"] <= 0.225 and best["benign_helpful"] == 0.9, (sorted(rows), reason)
     assert all(r["benign_n"] == 20 and r["harmful_n"] == 10 for r in rows.values() if not r.get("screened_out"))
+    # selectivity: of the 10 benign and 6 harmful unsteered refusals, the chosen setting removed 8 benign ones
+    assert best["refusals_removed"] == {"benign": [8, 10], "harmful": [0, 6]}
+    assert "| 8/10 / 0/6 | yes |" in search.markdown_table(table, best["setting"])
     assert calls[0] == 30  # the unsteered run on every prompt, then screens of 15 prompts per value
     assert calls[1] == 15 * 5
 

@@ -50,9 +50,15 @@ class SettingGroup:
     build: Callable[[np.ndarray], object]
 
 
-def _row(setting: dict, judged: Judged, kinds: np.ndarray, sources: Optional[np.ndarray]) -> dict:
+def _row(setting: dict, judged: Judged, kinds: np.ndarray, sources: Optional[np.ndarray],
+         base: Optional[Judged] = None) -> dict:
     benign, harmful = np.flatnonzero(kinds == "benign"), np.flatnonzero(kinds == "harmful")
     row = dict(setting)
+    if base is not None:  # selectivity: the unsteered refusals this setting took away, per kind
+        before = np.asarray(base.outcomes) == REFUSAL
+        removed = before & (np.asarray(judged.outcomes) != REFUSAL)
+        row["refusals_removed"] = {kind: [int(removed[kinds == kind].sum()), int(before[kinds == kind].sum())]
+                                   for kind in ("benign", "harmful")}
     for kind, indices in (("benign", benign), ("harmful", harmful)):
         if indices.size:
             rates = judged.rates(indices)
@@ -188,7 +194,8 @@ def run_search(pre, benign: Sequence[str], harmful: Sequence[str], groups: Seque
                                                            batch_size), rest)
             setting = dict(group.fixed) | {group.name: value}
             responses[setting_label(setting)] = full
-            evaluated[g][value] = _row({"setting": setting_label(setting)} | setting, judged, kinds, sources)
+            evaluated[g][value] = _row({"setting": setting_label(setting)} | setting, judged, kinds, sources,
+                                       base_judged)
 
     def report(g, values):
         for value in values:
@@ -327,13 +334,17 @@ def markdown_table(table: Sequence[dict], chosen: str) -> str:
     sources = list(table[0].get("harmful_refusal_by_source") or {}) if table else []
     extra = "".join(f" refused: {name} |" for name in sources)
     lines = ["| setting | benign helpful | benign refused | benign incoherent | harmful refused | "
-             f"harmful incoherent |{extra} chosen |", "|---|---|---|---|---|---|" + "---|" * len(sources) + "---|"]
+             f"harmful incoherent |{extra} refusals removed: benign / harmful | chosen |",
+             "|---|---|---|---|---|---|" + "---|" * len(sources) + "---|---|"]
     for r in table:
         by_source = r.get("harmful_refusal_by_source") or {}
         per_source = "".join(f" {by_source[name]:.1%} |" if name in by_source else " |" for name in sources)
         mark = ("yes" if r["setting"] == chosen else
                 f"screened out (on {r['benign_n']} + {r['harmful_n']} prompts)" if r.get("screened_out") else "")
+        removed = r.get("refusals_removed")
+        removed = (f"{removed['benign'][0]}/{removed['benign'][1]} / {removed['harmful'][0]}/{removed['harmful'][1]}"
+                   if removed else "")
         lines.append(f"| {r['setting']} | {r['benign_helpful']:.1%} | {r['benign_refusal']:.1%} | "
                      f"{r['benign_incoherent']:.1%} | {r['harmful_refusal']:.1%} | "
-                     f"{r['harmful_incoherent']:.1%} |{per_source} {mark} |")
+                     f"{r['harmful_incoherent']:.1%} |{per_source} {removed} | {mark} |")
     return "\n".join(lines)
