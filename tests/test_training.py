@@ -108,7 +108,9 @@ def test_train_ebm_end_to_end_then_steer_decode(tmp_path, tiny_chat_model):
     args = ["--config=configs/tiny.py", f"--config.model.source={tiny_chat_model}", f"--workdir={workdir}",
             "--config.sweep.etas=(0.02,0.08)", "--config.sweep.max_new_tokens=4",
             "--config.steer.eta_scale=hidden_norm", "--config.sweep.energy_floor_quantiles=(0.5,)",
-            "--config.sweep.benign.prompts.limit=6", "--config.sweep.harmful.prompts.limit=6"]
+            "--config.sweep.benign.prompts.limit=6", "--config.sweep.harmful.prompts.limit=6",
+            # the plain grid here (the adaptive search has its own tests: tests/test_search.py)
+            "--config.sweep.refine_rounds=0", "--config.sweep.screen_fraction=0"]
     proc = run_script("train_ebm.py", *args)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "label counts" in proc.stdout and "steering setting chosen on validation prompts" in proc.stdout
