@@ -53,7 +53,8 @@ def random_ebms(layers, width, seed=0):
             for layer in layers}
 
 
-@pytest.mark.parametrize("kind", ["plain", "eds", "eds_per_row", "vector_per_row", "ablate"])
+@pytest.mark.parametrize("kind", ["plain", "eds", "eds_per_row", "vector_per_row", "vector_uniform_rows",
+                                  "ablate"])
 def test_prefix_reuse_equals_full_prefill_on_tiny(tiny, kind):
     ids, mask = shared_prefix_batch(tiny.config.vocab_size, 40, [3, 11, 1, 7], seed=3)
     d = tiny.config.hidden_size
@@ -63,7 +64,11 @@ def test_prefix_reuse_equals_full_prefill_on_tiny(tiny, kind):
         "eds_per_row": Steering(random_ebms((1,), d), eta=np.array([0.0, 0.5, 1.0, 2.0]), num_steps=3),
         "vector_per_row": VectorSteering({1: np.random.RandomState(0).randn(d)}, coeff=np.array([0, -1, 1, 2.5])),
         "ablate": VectorSteering({0: np.random.RandomState(1).randn(d), 2: np.ones(d)}, mode="ablate"),
+        # one candidate of a sweep: per-row coefficients all equal, the prefix prefilled once
+        "vector_uniform_rows": VectorSteering({1: np.random.RandomState(0).randn(d)}, coeff=np.full(4, -1.5)),
     }[kind]
+    if kind == "vector_uniform_rows":  # the prefix is prefilled once, under the one coefficient
+        assert steering.batch_rows == 4 and steering.prefix_intervention().batch_rows is None
     full = eds_jax.steered_generate(tiny, ids, mask, steering=steering, max_new_tokens=12,
                                     reuse_prefix=False)
     reused = eds_jax.steered_generate(tiny, ids, mask, steering=steering, max_new_tokens=12)

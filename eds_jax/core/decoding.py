@@ -237,9 +237,9 @@ def steered_generate(pre: Pretrained, input_ids, attention_mask=None,
         if steering is not None and ids.shape[0] > rows:  # padded rows repeat the last row's settings
             steering = steering.take_rows(np.minimum(np.arange(ids.shape[0]), rows - 1))
     if prefix_ids is not None:
-        per_row = over_prefix is not None and steering.batch_rows is not None
-        prefix = prefill_prefix(pre, prefix_ids, steering if over_prefix is not None else None,
-                                rows=ids.shape[0] if per_row else 1)
+        _, over_prefix = prefix_intervention(steering)  # rows as sharded
+        per_row = over_prefix is not None and over_prefix.batch_rows is not None
+        prefix = prefill_prefix(pre, prefix_ids, over_prefix, rows=ids.shape[0] if per_row else 1)
     out = _generate(pre.params, ids, mask, steering, jax.random.PRNGKey(seed),
                     jnp.float32(max(temperature, 1e-6)), jnp.float32(top_p), prefix, config=config,
                     dtype=pre.dtype, max_new_tokens=int(max_new_tokens),

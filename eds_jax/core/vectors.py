@@ -153,7 +153,14 @@ class VectorSteering:
         return taken
 
     def prefix_intervention(self) -> "VectorSteering":
-        """Itself: a vector acts on every position, so a shared prefix's keys are computed under it."""
+        """Itself: a vector acts on every position, so a shared prefix's keys are computed under it.
+        A per-row coefficient that is the same on every row (a sweep's batch of one candidate)
+        comes back as one scalar, so the prefix is prefilled once, not once per row."""
+        coeff = np.asarray(self.coeff)
+        if coeff.ndim == 1 and coeff.size and np.all(coeff == coeff[0]):
+            uniform = copy.copy(self)
+            uniform.coeff = jnp.asarray(coeff[0], jnp.float32)
+            return uniform
         return self
 
     def at_call(self, call_index) -> "VectorSteering":
