@@ -174,6 +174,15 @@ def test_per_row_eta_equals_separate_runs(smollm2):
     separate = [r for c in coeffs for r in eds_jax.generate_text(
         smollm2, prompts, max_new_tokens=8, batch_size=4, steering=VectorSteering(vector, "add", c, [12]))]
     assert batched == separate and batched[:2] == eds_jax.generate_text(smollm2, prompts, max_new_tokens=8)
+    # behind a system prompt, rows of one coefficient share a batch and its prefix is prefilled once:
+    # the same texts as separate runs
+    system = "You are a careful assistant."
+    batched = eds_jax.generate_text(smollm2, prompts * 2, max_new_tokens=8, batch_size=2, system=system,
+                                    steering=VectorSteering(vector, "add", np.tile(coeffs, 2), [12]))
+    separate = [eds_jax.generate_text(smollm2, [p], max_new_tokens=8, system=system,
+                                      steering=VectorSteering(vector, "add", c, [12]))[0]
+                for p, c in zip(prompts * 2, np.tile(coeffs, 2))]
+    assert batched == separate
 
 
 def test_per_row_settings_bad_input(smollm2):

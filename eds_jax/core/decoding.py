@@ -55,18 +55,21 @@ def left_pad(sequences: Sequence[Sequence[int]], pad_id: int) -> tuple[np.ndarra
     return ids, mask
 
 
-def length_batches(lengths: Sequence[int], batch_size: int, by_length: bool = True) -> list[np.ndarray]:
+def length_batches(lengths: Sequence[int], batch_size: int, by_length: bool = True,
+                   groups: Optional[Sequence[int]] = None) -> list[np.ndarray]:
     """Batches of indices into `lengths`. by_length: in order of length (stable), so each batch
-    holds items of similar length and pads little; otherwise in the given order."""
+    holds items of similar length and pads little; otherwise in the given order. groups: a key
+    per item; items of one group come together (then by length), so most batches hold one group."""
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-    order = (np.argsort(np.asarray(lengths), kind="stable") if by_length
-             else np.arange(len(lengths)))
+    lengths = np.asarray(lengths) if by_length else np.zeros(len(lengths), int)
+    keys = (lengths,) if groups is None else (lengths, np.asarray(groups))
+    order = np.lexsort(keys) if len(lengths) else np.arange(0)
     return [order[start:start + batch_size] for start in range(0, len(order), batch_size)]
 
 
 def chat_batches(pre: Pretrained, prompts: Sequence[str], system: Optional[str], batch_size: int,
-                 desc: str, progress: bool, by_length: bool = True):
+                 desc: str, progress: bool, by_length: bool = True, groups=None):
     """Chat-templated, left-padded token batches of `prompts`: yields (rows, ids, mask), numpy
     arrays, `rows` the indices of the batch's prompts. by_length: prompts of similar token counts
     share a batch (see `length_batches`); callers put results back in place with `rows`."""
@@ -74,7 +77,7 @@ def chat_batches(pre: Pretrained, prompts: Sequence[str], system: Optional[str],
         raise ValueError("prompts must be a list of strings, got one string")
     texts = chat_prompts(pre.tokenizer, prompts, system)
     encoded = pre.tokenizer(texts, add_special_tokens=False)["input_ids"] if texts else []
-    batches = length_batches([len(e) for e in encoded], batch_size, by_length)
+    batches = length_batches([len(e) for e in encoded], batch_size, by_length, groups)
     if progress:
         from tqdm.auto import tqdm
         batches = tqdm(batches, desc=desc, unit="batch")
@@ -296,8 +299,13 @@ def generate_text(pre: Pretrained, prompts: Sequence[str], steering: Optional[St
     if per_row is not None and per_row != len(prompts):
         raise ValueError(f"steering has per-row settings for {per_row} rows, but {len(prompts)} "
                          "prompts were given")
+    groups = None
+    if per_row is not None and prefix_intervention(steering)[1] is not None:
+        # an intervention that shapes the system prompt's keys: rows of one setting share a batch,
+        # so its prefix is prefilled once per batch, not once per row
+        groups = steering.row_groups()
     responses, outputs, order = [None] * len(prompts), [], []
-    batches = chat_batches(pre, prompts, system, batch_size, "generate", progress, by_length)
+    batches = chat_batches(pre, prompts, system, batch_size, "generate", progress, by_length, groups)
     for index, (rows, ids, mask) in enumerate(batches):
         count = ids.shape[0]
         if index > 0:  # a short last batch reuses the full batches' compile

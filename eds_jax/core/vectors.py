@@ -163,6 +163,10 @@ class VectorSteering:
             return uniform
         return self
 
+    def row_groups(self) -> np.ndarray:
+        """One group id per batch row: rows with the same coefficient share one."""
+        return np.unique(np.asarray(self.coeff), return_inverse=True)[1].reshape(-1)
+
     def at_call(self, call_index) -> "VectorSteering":
         return self
 
