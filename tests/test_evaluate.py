@@ -14,7 +14,8 @@ import models
 from eds_jax import EBM, EBMSpec
 from eds_jax.core import vectors
 from eds_jax.core.steering import median_hidden_norms
-from eds_jax.evaluation.metrics import markdown_table, method_table, paired_delta, rate_interval, summarise
+from eds_jax.evaluation.metrics import (markdown_table, method_table, paired_delta, rate_interval, summarise,
+                                        versus, versus_table)
 from eds_jax.evaluation.options import ABLATION_STRENGTHS, ADD_COEFFS, METHODS
 from conftest import ROOT, kill_once_written, left_padded_batch, make_checkpoint, save_test_steering
 
@@ -78,6 +79,12 @@ def test_summarise_three_outcomes_deltas_and_pooled_sets():
     assert "| jbb (refusal) | baseline |" in table and "(reference)" in table
     with pytest.raises(ValueError, match="same prompts"):
         summarise([Set("xs", "benign")], {("xs", "a"): [H], ("xs", "b"): [H, R]})
+    # EDS against each other method, paired on the same prompts (here only the baseline)
+    compared = versus(sets, outcomes, "eds", num_boot=500)
+    assert compared["xs"]["baseline"]["delta"] == pytest.approx(0.25)
+    assert compared["jbb"]["baseline"]["delta"] == pytest.approx(-0.5)
+    assert compared["all benign"]["baseline"]["delta"] == pytest.approx(2 / 6)
+    assert "| jbb (refusal) | -50.0 [" in versus_table(compared, "eds", results)
     # the paper's shape: one row per method, per set its metric with incoherence beside it
     by_method = method_table(results, {"n": 4, "methods": {"baseline": {"accuracy": {"rate": 0.25}},
                                                            "eds": {"accuracy": {"rate": 0.5}}}})

@@ -150,3 +150,39 @@ def method_table(results: dict, capability: dict | None = None) -> str:
             cells.append(f"{e['changed']}/{e['helpful']['n']}" if "changed" in e else "(reference)")
         lines.append(f"| {method} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
+
+
+def versus(sets, outcomes: dict, method: str, num_boot: int = 2000, seed: int = 0) -> dict:
+    """{set name (and pooled per kind): {other method: paired delta of (method - other)}} on each
+    set's metric: one method against each other at their own settings, on the same prompts."""
+    compared, pooled = {}, {}
+    for s in sets:
+        methods = [m for (name, m) in outcomes if name == s.name]
+        if method not in methods:
+            continue
+        mine = np.asarray(outcomes[(s.name, method)]) == METRIC[s.kind]
+        compared[s.name] = {}
+        for other in methods:
+            if other == method:
+                continue
+            theirs = np.asarray(outcomes[(s.name, other)]) == METRIC[s.kind]
+            compared[s.name][other] = paired_delta(mine, theirs, num_boot, seed)
+            a, b = pooled.setdefault(s.kind, {}).setdefault(other, ([], []))
+            a.extend(mine)
+            b.extend(theirs)
+    for kind, by_other in pooled.items():
+        if sum(s.kind == kind for s in sets) > 1:
+            compared[POOLED[kind]] = {o: paired_delta(a, b, num_boot, seed) for o, (a, b) in by_other.items()}
+    return compared
+
+
+def versus_table(compared: dict, method: str, results: dict) -> str:
+    others = list(next(iter(compared.values()))) if compared else []
+    lines = [f"{method} against each method at its chosen setting (paired delta of the set's metric, "
+             f"{method} minus the other, points [95% CI])", "",
+             "| set | " + " | ".join(others) + " |", "|---|" + "---|" * len(others)]
+    for name, by_other in compared.items():
+        cells = [f"{100 * d['delta']:+.1f} [{100 * d['low']:+.1f}, {100 * d['high']:+.1f}]"
+                 for d in by_other.values()]
+        lines.append(f"| {name} ({results[name]['metric']}) | " + " | ".join(cells) + " |")
+    return "\n".join(lines)

@@ -212,7 +212,8 @@ def write_report(opts: EvalOptions, sets: Sequence[EvalSet], rows: list[dict], h
     prompt, in run order); `header` leads results.json."""
     from eds_jax.common import plots
     from eds_jax.common.files import write_jsonl, write_text
-    from eds_jax.evaluation.metrics import markdown_table, method_table, summarise
+    from eds_jax.evaluation.metrics import (markdown_table, method_table, summarise, versus,
+                                            versus_table)
 
     outcomes, responses_by = {}, {}
     for row in rows:
@@ -221,10 +222,18 @@ def write_report(opts: EvalOptions, sets: Sequence[EvalSet], rows: list[dict], h
     results = summarise(sets, outcomes, responses_by, opts.bootstrap, opts.seed)
     table = (method_table(results, header.get("capability")) + "\n\nPer set, with intervals and paired "
              "deltas to the first method:\n\n" + markdown_table(results))
+    methods = list(dict.fromkeys(row["method"] for row in rows))
+    if "eds" in methods and len(methods) > 2:  # EDS against every other method, not only the baseline
+        report_versus = versus(sets, outcomes, "eds", opts.bootstrap, opts.seed)
+        table += "\n\n" + versus_table(report_versus, "eds", results)
+    else:
+        report_versus = None
     if "capability" in header:
         from eds_jax.evaluation import capability
         table += "\n\n" + capability.markdown_table(header["capability"])
     report = header | {"sets": results, "wall_time_s": round(time.time() - start, 1)}
+    if report_versus is not None:
+        report["eds_versus"] = report_versus
     if "max_refusal_drop" in header:
         report["refusal_kept"] = refusal_kept(results, header["max_refusal_drop"])
         if any(report["refusal_kept"].values()):
