@@ -216,6 +216,9 @@ def test_evaluate_cli_writes_table_json_png(tmp_path, tiny_chat_model):
     kept = report["refusal_kept"]["bad"]  # each method's harmful-refusal change against the tolerance
     assert list(kept) == list(METHODS[1:]) and all(k["within"] == (k["delta"] >= -0.05) for k in kept.values())
     assert "Harmful refusal kept within 5%" in proc.stdout
+    # EDS against every other method, paired per set
+    assert set(report["eds_versus"]["mine"]) == set(METHODS) - {"eds"}
+    assert "eds against each method at its chosen setting" in proc.stdout
     rows = [json.loads(line) for line in (out / "responses.jsonl").read_text().splitlines()]
     assert len(rows) == (5 + 3 + 3) * len(METHODS)  # prompts x methods
     for name, entry in report["sets"].items():
