@@ -232,6 +232,7 @@ def test_evaluate_cli_writes_table_json_png(tmp_path, tiny_chat_model):
             assert m.get("changed", 0) == sum(a != b for a, b in zip(texts, reference))
     assert (out / "results.md").read_text() in proc.stdout
     assert (out / "rates.png").read_bytes()[:4] == b"\x89PNG"
+    assert (out / "validation_tradeoffs.png").read_bytes()[:4] == b"\x89PNG"  # each baseline's sweep
     missing = subprocess.run([sys.executable, "-m", "eds_jax.evaluate", f"--model={tiny_chat_model}",
                               "--methods=baseline", f"--benign_sets=mine={benign}", "--harmful_sets=",
                               f"--output_dir={tmp_path / 'none'}"], capture_output=True, text=True, cwd=ROOT)

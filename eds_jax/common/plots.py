@@ -133,3 +133,32 @@ def plot_tradeoff(path: str, table, chosen: str) -> None:
     ax.legend(fontsize=7, loc="best")
     fig.tight_layout()
     fig.savefig(path, dpi=120)
+
+
+def plot_method_tradeoffs(path: str, tables: dict, chosen: dict) -> None:
+    """Each method's validation trade-off in one figure: benign helpful vs harmful refused, one
+    marker per setting (settings screened out on a subset left out), the chosen one circled and
+    the unsteered run marked. tables: {method: sweep table}; chosen: {method: chosen setting}."""
+    fig = _figure(figsize=(6.0, 4.4))
+    ax = fig.subplots()
+    markers = "osD^vP*X"
+    unsteered = None
+    for i, (method, table) in enumerate(tables.items()):
+        rows = [r for r in table[1:] if not r.get("screened_out")]
+        unsteered = unsteered or table[0]
+        if not rows:
+            continue
+        ax.scatter([100 * r["benign_helpful"] for r in rows], [100 * r["harmful_refusal"] for r in rows],
+                   marker=markers[i % len(markers)], s=30, alpha=0.8, label=method)
+        picked = [r for r in rows if r["setting"] == chosen.get(method)]
+        if picked:
+            ax.scatter([100 * picked[0]["benign_helpful"]], [100 * picked[0]["harmful_refusal"]], s=160,
+                       facecolors="none", edgecolors="tab:red", linewidths=1.5)
+    if unsteered is not None:
+        ax.scatter([100 * unsteered["benign_helpful"]], [100 * unsteered["harmful_refusal"]], marker="s",
+                   facecolors="none", edgecolors="k", s=110, label="unsteered")
+    ax.set(xlabel="benign helpful (%)", ylabel="harmful refused (%)",
+           title="validation trade-off per method (red ring: chosen)")
+    ax.legend(fontsize=7, loc="best")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)

@@ -80,7 +80,10 @@ def build_methods(opts: EvalOptions, pre, saved, system, judge) -> tuple[dict, d
                             "params_sha256": metadata["params_sha256"], "unsteered": steering is None,
                             "eta_fraction": saved.settings.eta_fraction if opts.eta is None else None,
                             "chosen_on_validation": saved.settings.chosen_on_validation
-                            and opts.eta is None and opts.num_steps is None and not opts.no_energy_floor}
+                            and opts.eta is None and opts.num_steps is None and not opts.no_energy_floor,
+                            # the EBMs' settings search, for the trade-off figure beside the baselines'
+                            "sweep": ({"table": saved.sweep["table"], "chosen": saved.sweep["chosen"]}
+                                      if saved.sweep and saved.sweep.get("table") else None)}
         if steering is not None:
             described["eds"] |= {
                 "num_steps": steering.num_steps,

@@ -243,6 +243,12 @@ def write_report(opts: EvalOptions, sets: Sequence[EvalSet], rows: list[dict], h
     write_text(os.path.join(opts.output_dir, "results.json"), json.dumps(report, indent=2))
     write_text(os.path.join(opts.output_dir, "results.md"), table + "\n")
     plots.plot_eval_rates(os.path.join(opts.output_dir, "rates.png"), results)
+    swept = {m: d["sweep"] for m, d in header["methods"].items() if isinstance(d.get("sweep"), dict)
+             and d["sweep"].get("table")}
+    if swept:  # each method's validation trade-off beside the others'
+        plots.plot_method_tradeoffs(os.path.join(opts.output_dir, "validation_tradeoffs.png"),
+                                    {m: d["table"] for m, d in swept.items()},
+                                    {m: d["chosen"] for m, d in swept.items()})
     print(table)
     print(f"judge: {report['judge']}; outputs in {opts.output_dir}; wall time {report['wall_time_s']:.0f} s")
     return report
