@@ -103,9 +103,10 @@ def build_methods(opts: EvalOptions, pre, saved, system, judge) -> tuple[dict, d
         """The intervention at the given coefficient, else at the one the rule chooses."""
         build = lambda c: vectors.VectorSteering(vector, mode, c, layers)
         if given is not None:
-            return build(given), {"coeff": given, "mode": mode}
+            return (None if given == 0 else build(given)), {"coeff": given, "mode": mode}
         coeff, chosen = validation.choose(method, build, candidates)
-        return build(coeff), {"coeff": coeff, "mode": mode, "sweep": chosen}
+        # kept unsteered: plain decoding, whose answers the evaluation reuses from the baseline
+        return (None if coeff == 0 else build(coeff)), {"coeff": coeff, "mode": mode, "sweep": chosen}
 
     def activations(path):
         return last_token_activations(pre, load_prompts(path, None, opts.direction_limit or None), system, batch)

@@ -167,9 +167,18 @@ def evaluate(opts: EvalOptions) -> dict:
     if rows:
         print(f"resuming after {len(rows)} finished responses in {partial}")
     finished = {(row["set"], row["method"]) for row in rows}
+    # methods that decode plainly (the baseline, or a method its search kept unsteered) give the
+    # same greedy answers: the first one decodes, the others reuse its rows
+    plain = [m for m, intervention in interventions.items() if intervention is None]
     for s in sets:
         for method, intervention in interventions.items():
             if (s.name, method) in finished:
+                continue
+            if method in plain[1:] and (s.name, plain[0]) in finished:
+                rows += [dict(row, method=method, settings=settings_key[method]) for row in rows
+                         if row["set"] == s.name and row["method"] == plain[0]]
+                finished.add((s.name, method))
+                write_partial(partial, run_key, rows)
                 continue
             responses = eds_jax.generate_text(pre, s.prompts, steering=intervention, system=system,
                                               max_new_tokens=opts.max_new_tokens,
@@ -179,6 +188,7 @@ def evaluate(opts: EvalOptions) -> dict:
                       "outcome": o, "nll": stored_nll(x), "settings": settings_key[method]}
                      for p, r, o, x in zip(s.prompts, responses, judged.outcomes, judged.nll)]
             write_partial(partial, run_key, rows)
+            finished.add((s.name, method))
             log.info("%s / %s: %s", s.name, method, judged.rates())
     # the order of a run that was never interrupted
     order = [(s.name, m) for s in sets for m in interventions]
@@ -190,9 +200,11 @@ def evaluate(opts: EvalOptions) -> dict:
                                    if saved is not None and saved.sweep else 0.05)}
     if questions:
         from eds_jax.evaluation import capability
-        logprobs = {m: capability.letter_logprobs(pre, questions, intervention, system, opts.batch_size,
-                                                  progress=True)
-                    for m, intervention in interventions.items()}
+        logprobs = {}
+        for m, intervention in interventions.items():
+            logprobs[m] = (logprobs[plain[0]] if m in plain[1:] else  # plain decoding: the same answers
+                           capability.letter_logprobs(pre, questions, intervention, system, opts.batch_size,
+                                                      progress=True))
         header["capability"] = capability.capability_report(questions, logprobs, next(iter(interventions)),
                                                             opts.bootstrap, opts.seed)
         header["capability"]["source"] = opts.mmlu
