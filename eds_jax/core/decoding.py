@@ -226,7 +226,7 @@ def steered_generate(pre: Pretrained, input_ids, attention_mask=None,
             raise ValueError(f"steering has per-row settings for {per_row} rows, but the batch has "
                              f"{ids.shape[0]}")
     prefix_ids, prefix = None, None
-    reusable, over_prefix = prefix_intervention(steering)
+    reusable, _ = prefix_intervention(steering)
     split = split_shared_prefix(ids, mask) if reuse_prefix and reusable else None
     if split is not None and (bucket_length(len(split[0])) + bucket_length(split[1].shape[1])
                               + max_new_tokens <= capacity):
@@ -240,7 +240,7 @@ def steered_generate(pre: Pretrained, input_ids, attention_mask=None,
         if steering is not None and ids.shape[0] > rows:  # padded rows repeat the last row's settings
             steering = steering.take_rows(np.minimum(np.arange(ids.shape[0]), rows - 1))
     if prefix_ids is not None:
-        _, over_prefix = prefix_intervention(steering)  # rows as sharded
+        _, over_prefix = prefix_intervention(steering)  # of the rows as sharded
         per_row = over_prefix is not None and over_prefix.batch_rows is not None
         prefix = prefill_prefix(pre, prefix_ids, over_prefix, rows=ids.shape[0] if per_row else 1)
     out = _generate(pre.params, ids, mask, steering, jax.random.PRNGKey(seed),

@@ -189,8 +189,9 @@ def choose_steering(cfg, pre, ranked: list[int], layer_ebm, validation: tuple[li
     judge = helpfulness.calibrated_judge(pre, benign + harmful, unsteered, cfg.collect.judge,
                                          s.fluency_quantile, s.fluency_margin, int(s.batch_size))
     tolerances = search.Tolerances(s.max_refusal_drop, s.max_incoherence_rise)
+    adaptive = adaptive_search(cfg)
     started = time.time()
-    table, responses = search.run_search(pre, benign, harmful, groups, judge, adaptive_search(cfg),
+    table, responses = search.run_search(pre, benign, harmful, groups, judge, adaptive,
                                          tolerances, baseline=unsteered, seed=int(cfg.data.seed),
                                          harmful_sources=harmful_sources, **options)
     search_s = time.time() - started
@@ -211,7 +212,7 @@ def choose_steering(cfg, pre, ranked: list[int], layer_ebm, validation: tuple[li
              "tolerances": {"max_refusal_drop": s.max_refusal_drop,
                             "max_incoherence_rise": s.max_incoherence_rise},
              "max_new_tokens": int(s.max_new_tokens), "seed": int(cfg.data.seed),
-             "search": dataclasses.asdict(adaptive_search(cfg)), "search_wall_time_s": round(search_s, 1)}
+             "search": dataclasses.asdict(adaptive), "search_wall_time_s": round(search_s, 1)}
     if row["setting"] == search.UNSTEERED:
         return (settings(ranked[:tops[0]], 0.0, steps_list[0], unsteered=True, chosen=True),
                 judge.to_dict(), sweep)

@@ -173,29 +173,28 @@ def run_search(pre, benign: Sequence[str], harmful: Sequence[str], groups: Seque
             judged = judge.judge(pre, [prompts[i] for i in screen], texts, batch_size)
             if rest.size and too_far(_row({}, judged, kinds[screen], None), base_screen,
                                      tolerances, search.screen_margin):
-                setting = dict(group.fixed) | {group.name: value}
-                full = [None] * len(prompts)
-                for i, text in zip(screen, texts):
-                    full[i] = text
-                responses[setting_label(setting)] = full
+                setting = record(group, value, texts, [])
                 evaluated[g][value] = _row({"setting": setting_label(setting)} | setting, judged,
                                            kinds[screen], None) | {"screened_out": True}
             else:
                 kept.append((value, texts, judged))
         second = run(group, [v for v, _, _ in kept], rest) if rest.size and kept else [[]] * len(kept)
         for (value, texts, judged), more in zip(kept, second):
-            full = [None] * len(prompts)
-            for i, text in zip(screen, texts):
-                full[i] = text
-            for i, text in zip(rest, more):
-                full[i] = text
             if rest.size:
                 judged = judged.merged(screen, judge.judge(pre, [prompts[i] for i in rest], more,
                                                            batch_size), rest)
-            setting = dict(group.fixed) | {group.name: value}
-            responses[setting_label(setting)] = full
+            setting = record(group, value, texts, more)
             evaluated[g][value] = _row({"setting": setting_label(setting)} | setting, judged, kinds, sources,
                                        base_judged)
+
+    def record(group, value, screened, more) -> dict:
+        """The setting of `group` at `value`; its responses go in place (None where it never ran)."""
+        setting = dict(group.fixed) | {group.name: value}
+        full = [None] * len(prompts)
+        for i, text in zip(np.concatenate([screen, rest[:len(more)]]), list(screened) + list(more)):
+            full[i] = text
+        responses[setting_label(setting)] = full
+        return setting
 
     def report(g, values):
         for value in values:
@@ -240,9 +239,10 @@ def screen_indices(kinds: np.ndarray, fraction: float, seed: int = 0) -> np.ndar
 
 def too_far(row: dict, base: dict, tolerances: "Tolerances", margin: float) -> bool:
     """Whether a setting measured on the screening subset already broke a constraint by more than
-    `margin` there (incoherence up, or pooled harmful refusal down)."""
-    return (row["incoherent"] > base["incoherent"] + tolerances.max_incoherence_rise + margin + 1e-12
-            or row["harmful_refusal"] < base["harmful_refusal"] - tolerances.max_refusal_drop - margin - 1e-12)
+    `margin` there (incoherence up, or harmful refusal down): `feasible` with wider tolerances
+    (pooled only: the screening rows carry no per-source rates)."""
+    return not feasible(row, base, Tolerances(tolerances.max_refusal_drop + margin,
+                                              tolerances.max_incoherence_rise + margin))
 
 
 def _value_ratio(values: list[float], i: int, j: int) -> float:
