@@ -55,6 +55,17 @@ def base_config():
         # "hidden_norm" (a fraction of each layer's median hidden-state norm at the last prompt
         # token over the training collection, so deep layers with large norms take longer steps)
         "eta_scale": "absolute"})
+    # the prompt gate (eds_jax.core.gate): a linear read-out of the prompt's kind from the training
+    # activations at the last prompt token; steering acts only on the prompts it opens. Off by
+    # default (upstream steers every prompt).
+    c.gate = ml_collections.ConfigDict({
+        "enabled": False,
+        "harmful_quantile": 0.99,  # threshold: this quantile of held-out harmful prompts' scores
+        "folds": 5,  # cross-fitting: every prompt gets a held-out score
+        "l2": 1e-2,
+        "steps": 300,
+        "layers": (),  # candidate blocks; empty: every block but the first
+    })
     # steering settings chosen on validation prompts after training (eds_jax/sweep.py); the chosen
     # setting and the whole table go into the EBM metadata. Empty etas: keep c.steer as it is.
     c.sweep = ml_collections.ConfigDict({

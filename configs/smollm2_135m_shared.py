@@ -29,6 +29,7 @@ def get_config():
                       "harmless": source(f"{PUBLIC}/harmless_val.json")}
     c.sweep.harmful = {"harmful": source(f"{PUBLIC}/harmful_val.json"),
                        "xstest_unsafe": source(f"{PUBLIC}/xstest_unsafe_val.json")}
+    c.gate.enabled = True  # steer only prompts the model's own states read as benign (README)
     c.train.epochs = 80  # 30 left the best layers still improving (best epoch 30 of 30)
     c.train.batch_size = 64
     return c

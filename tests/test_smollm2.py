@@ -139,3 +139,24 @@ def test_steering_matches_pytorch_hooks_token_for_token(smollm2, smollm2_torch, 
     assert live[:, 0].all()
     # the steps go down the energy
     assert np.mean(np.asarray(steered.energies_after)[live] < energies[live]) > 0.9
+
+
+def test_steering_window_matches_pytorch_hooks_token_for_token(smollm2, smollm2_torch, mixed_ebms):
+    """Steering only the calls that choose the first tokens, against hooks that count calls."""
+    torch_ebms, jax_ebms = mixed_ebms
+    eta, steps, window = 4.0, 3, 3
+    ids, mask = _batch(smollm2)
+    windowed = eds_jax.steered_generate(smollm2, ids, mask, max_new_tokens=NEW_TOKENS,
+                                        steering=eds_jax.Steering(jax_ebms, eta=eta, num_steps=steps,
+                                                                   window=window))
+    handles = add_steering_hooks(smollm2_torch, torch_ebms, eta, steps, window=window)
+    try:
+        reference = _torch_generate(smollm2_torch, ids, mask)
+    finally:
+        for handle in handles:
+            handle.remove()
+    tokens = np.asarray(windowed.tokens)
+    np.testing.assert_array_equal(tokens, reference)
+    full = eds_jax.steered_generate(smollm2, ids, mask, max_new_tokens=NEW_TOKENS,
+                                    steering=eds_jax.Steering(jax_ebms, eta=eta, num_steps=steps))
+    assert (tokens != np.asarray(full.tokens)).any(), "steering after the window should matter here"

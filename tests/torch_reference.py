@@ -59,13 +59,19 @@ def steer_last_position(hidden: torch.Tensor, ebm: nn.Module, eta: float, num_st
     return steered
 
 
-def add_steering_hooks(model, ebms: Mapping[int, nn.Module], eta: float, num_steps: int) -> list:
-    """Register forward pre-hooks on the decoder layers of a transformers causal LM."""
+def add_steering_hooks(model, ebms: Mapping[int, nn.Module], eta: float, num_steps: int,
+                       window: int | None = None) -> list:
+    """Register forward pre-hooks on the decoder layers of a transformers causal LM. With
+    `window`, each hook steers only the first `window` forward calls it sees (prefill included)."""
     handles = []
     for layer, ebm in sorted(ebms.items()):
         ebm.eval()
+        calls = [0]
 
-        def hook(module, args, kwargs, ebm=ebm):
+        def hook(module, args, kwargs, ebm=ebm, calls=calls):
+            calls[0] += 1
+            if window is not None and calls[0] > window:
+                return args, kwargs
             if "hidden_states" in kwargs:
                 kwargs["hidden_states"] = steer_last_position(kwargs["hidden_states"], ebm, eta, num_steps)
                 return args, kwargs

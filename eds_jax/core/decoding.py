@@ -21,6 +21,7 @@ from models.pretrained import (Pretrained, apply_model, prefill_prefix, prefix_i
                                prompt_positions, resolve_dtype)
 from models.sharding import gather_rows, pad_rows, shard_rows
 from models.transformer import init_kv_cache
+from eds_jax.core.gate import prompt_states
 from eds_jax.core.steering import Steering
 from eds_jax.core.vectors import VectorSteering
 
@@ -235,6 +236,10 @@ def steered_generate(pre: Pretrained, input_ids, attention_mask=None,
     ids, mask = pad_to_bucket(ids, mask, pre.pad_token_id,
                               min(bucket_length(ids.shape[1]), capacity - max_new_tokens - slots))
     rows = ids.shape[0]
+    if getattr(steering, "gate", None) is not None:  # read once, on the unsteered prompt
+        gate = steering.gate
+        plain_prefix = None if prefix_ids is None else prefill_prefix(pre, prefix_ids)
+        steering = steering.open_rows(gate.opens(prompt_states(pre, ids, mask, gate.layer, plain_prefix)))
     if batch_sharding is not None:
         ids, mask = shard_rows((ids, mask), batch_sharding)
         if steering is not None and ids.shape[0] > rows:  # padded rows repeat the last row's settings

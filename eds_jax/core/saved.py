@@ -12,6 +12,8 @@ the only writer and reader of that metadata:
   judge           `HelpfulnessJudge` fields, or null (the judge the settings were chosen with)
   sweep           the validation table and choice, or null (nothing was swept)
   training        free-form facts about training (label counts, validation AUC, config)
+  gate            optional: the prompt gate's block, threshold and how it was fitted (its weight
+                  and bias are in `params["gate"]`, under the digest); absent or null: no gate
 
 `save_ebms` / `load_ebms` are the low-level pair (parameters + digest + a metadata dict).
 `save_steering` writes a whole training result; `load_steering(directory)` is the one call that
@@ -31,6 +33,7 @@ import numpy as np
 
 from eds_jax.core.deployment import resolve_system
 from eds_jax.core.ebm import EBM, EBMSpec, check_params
+from eds_jax.core.gate import PromptGate
 from eds_jax.core.steering import ETA_SCALES, Steering
 
 FORMAT = "eds_jax.ebms"
@@ -60,18 +63,25 @@ def params_digest(params_by_layer: Mapping[str, Any]) -> str:
     return digest.hexdigest()
 
 
+GATE = "gate"  # the params subtree of the prompt gate
+
+
 def save_ebms(directory: str, ebms: Mapping[int, EBM], metadata: Mapping[str, Any] | None = None,
-              overwrite: bool = False) -> str:
-    """Write `ebms` ({layer: EBM}) and JSON-serialisable `metadata` to `directory`, with the
-    format version and a digest of the parameters."""
+              overwrite: bool = False, gate: Optional[PromptGate] = None) -> str:
+    """Write `ebms` ({layer: EBM}), the optional prompt `gate` and JSON-serialisable `metadata` to
+    `directory`, with the format version and a digest of the parameters."""
     if not ebms:
         raise ValueError("save_ebms needs at least one EBM")
+    if gate is not None and not isinstance(gate, PromptGate):
+        raise ValueError(f"gate must be a PromptGate or None, got {type(gate).__name__}")
     directory = os.path.abspath(directory)
     if os.path.exists(directory) and not overwrite:
         raise FileExistsError(f"{directory} exists; pass overwrite=True to replace it")
     params = {str(layer): jax.tree_util.tree_map(np.asarray, ebm.params)
               for layer, ebm in sorted(ebms.items())}
-    meta = dict(metadata or {}) | {
+    if gate is not None:
+        params[GATE] = gate.params()
+    meta = dict(metadata or {}) | {"gate": None if gate is None else gate.to_metadata()} | {
         "format": FORMAT, "version": VERSION, "params_sha256": params_digest(params),
         "layers": {str(layer): ebm.spec.to_dict() for layer, ebm in sorted(ebms.items())}}
     checkpointer, ocp = _checkpointer()
@@ -104,6 +114,12 @@ def read_metadata(directory: str) -> dict:
 def load_ebms(directory: str) -> tuple[dict[int, EBM], dict[str, Any]]:
     """Read what `save_ebms` wrote: ({layer: EBM}, metadata). A missing, corrupt or changed
     directory is a `SavedSteeringError` naming it."""
+    ebms, _, meta = load_ebms_and_gate(directory)
+    return ebms, meta
+
+
+def load_ebms_and_gate(directory: str) -> tuple[dict[int, EBM], Optional[PromptGate], dict[str, Any]]:
+    """`load_ebms` and the prompt gate saved beside the EBMs (None if there is none)."""
     directory = os.path.abspath(directory)
     meta = read_metadata(directory)
     try:
@@ -111,6 +127,14 @@ def load_ebms(directory: str) -> tuple[dict[int, EBM], dict[str, Any]]:
     except (KeyError, TypeError, ValueError, AttributeError) as err:
         raise SavedSteeringError(f"{directory}: metadata field 'layers' is malformed: {err}") from None
     template = {str(layer): _abstract_params(spec) for layer, spec in specs.items()}
+    gate_meta = meta.get("gate")
+    if gate_meta is not None:
+        if (not isinstance(gate_meta, Mapping) or not isinstance(gate_meta.get("layer"), int)
+                or not isinstance(gate_meta.get("threshold"), (int, float))):
+            raise SavedSteeringError(f"{directory}: 'gate' is {gate_meta!r}; expected "
+                                     "{layer, threshold, info} or null")
+        width = next(iter(specs.values())).input_dim
+        template[GATE] = {"weight": np.zeros((width,), np.float32), "bias": np.zeros((), np.float32)}
     checkpointer, ocp = _checkpointer()
     try:
         params = checkpointer.restore(
@@ -128,7 +152,14 @@ def load_ebms(directory: str) -> tuple[dict[int, EBM], dict[str, Any]]:
     if params_digest(params) != meta["params_sha256"]:
         raise SavedSteeringError(f"{directory}: the EBM parameters do not match the digest recorded when "
                                  "they were saved (changed or corrupted files); retrain or restore them")
-    return {layer: EBM(params=params[str(layer)], spec=spec) for layer, spec in specs.items()}, meta
+    gate = None
+    if gate_meta is not None:
+        try:
+            gate = PromptGate.from_saved(gate_meta, params[GATE])
+        except ValueError as err:
+            raise SavedSteeringError(f"{directory}: the saved prompt gate is malformed: {err}") from None
+    ebms = {layer: EBM(params=params[str(layer)], spec=spec) for layer, spec in specs.items()}
+    return ebms, gate, meta
 
 
 def _abstract_params(spec: EBMSpec):
@@ -229,6 +260,7 @@ class SavedSteering:
     sweep: Optional[dict]
     metadata: dict
     note: str = ""
+    gate: Optional[PromptGate] = None  # the saved prompt gate (also inside `steering`), or None
 
     def check_model(self, config) -> None:
         """Raise when the model (a `ModelConfig`) cannot take these EBMs: width or layer range."""
@@ -241,8 +273,9 @@ class SavedSteering:
 def save_steering(directory: str, ebms: Mapping[int, EBM], settings: SteeringSettings, *,
                   system: Optional[str], model: Mapping[str, Any], judge: Optional[Mapping] = None,
                   sweep: Optional[Mapping] = None, training: Optional[Mapping] = None,
-                  overwrite: bool = False) -> str:
-    """Write EBMs with their settings and deployment (the metadata schema of this module)."""
+                  overwrite: bool = False, gate: Optional[PromptGate] = None) -> str:
+    """Write EBMs with their settings, prompt gate and deployment (the metadata schema of this
+    module)."""
     if sorted(int(layer) for layer in ebms) != list(settings.layers):
         raise ValueError(f"EBMs for layers {sorted(ebms)} but settings for {list(settings.layers)}")
     if system is not None and not isinstance(system, str):
@@ -251,7 +284,7 @@ def save_steering(directory: str, ebms: Mapping[int, EBM], settings: SteeringSet
                 "judge": None if judge is None else dict(judge),
                 "sweep": None if sweep is None else dict(sweep),
                 "training": dict(training or {})}
-    return save_ebms(directory, ebms, metadata, overwrite=overwrite)
+    return save_ebms(directory, ebms, metadata, overwrite=overwrite, gate=gate)
 
 
 def check_metadata(meta: Mapping[str, Any], directory: str) -> SteeringSettings:
@@ -282,19 +315,23 @@ def load_steering(directory: str, *, eta: Union[None, float, Mapping[int, float]
                   num_steps: Optional[int] = None, layers=None,
                   energy_floor: Union[None, bool, Mapping[int, float]] = None,
                   system: Optional[str] = None, dropout_at_inference: bool = False, seed: int = 0,
-                  record_energy_after: bool = False) -> SavedSteering:
+                  record_energy_after: bool = False, gate: Optional[bool] = None) -> SavedSteering:
     """Load the EBMs in `directory` (train_ebm.py's WORKDIR/ebms) as training chose to steer.
 
     Overrides (each None = as saved): eta (one step length for every layer, or {layer: eta}),
     num_steps, layers (a subset of the saved layers), energy_floor (False: no floor; a mapping:
-    these floors), system (another system prompt than the EBMs' deployment).
+    these floors), system (another system prompt than the EBMs' deployment), gate (False: steer
+    every row, ignoring a saved prompt gate).
     """
+    if gate not in (None, False):
+        raise ValueError(f"gate={gate!r}: pass None (as saved) or False (no gate)")
     if system is not None and not isinstance(system, str):
         raise ValueError(f"system must be a string, got {type(system).__name__}")
     system = resolve_system(system)
-    ebms, meta = load_ebms(directory)
+    ebms, saved_gate, meta = load_ebms_and_gate(directory)
     directory = os.path.abspath(directory)
     settings = check_metadata(meta, directory)
+    prompt_gate = None if gate is False else saved_gate
     if layers is not None:
         wanted = [int(layer) for layer in layers]
         missing = [layer for layer in wanted if layer not in ebms]
@@ -324,7 +361,8 @@ def load_steering(directory: str, *, eta: Union[None, float, Mapping[int, float]
     else:
         steering = Steering(ebms, eta=etas, num_steps=steps, energy_floor=floor,
                             dropout_at_inference=dropout_at_inference, dropout_seed=seed,
-                            record_energy_after=record_energy_after)
+                            record_energy_after=record_energy_after, gate=prompt_gate)
     return SavedSteering(directory=directory, ebms=ebms, settings=settings, steering=steering,
                          system=meta["system"] if system is None else system, model=dict(meta["model"]),
-                         judge=meta["judge"], sweep=meta["sweep"], metadata=meta, note=note)
+                         judge=meta["judge"], sweep=meta["sweep"], metadata=meta, note=note,
+                         gate=prompt_gate)

@@ -12,6 +12,11 @@ Optional, off by default (an extension, not upstream's method): an `energy_floor
 row takes a step only while its energy is above the floor, so states the EBM already scores as
 good (a harmful prompt heading for a refusal, a benign one heading for an answer) are left where
 they are, and steering stops once a state reaches the good region.
+
+Optional, off by default: a `window` of forward calls. Call 0 is the prefill (its newest position
+is the last prompt token) and chooses token 0; call t feeds back token t-1 and chooses token t.
+With `window=W` only calls 0..W-1 steer, so the first W tokens are chosen from steered states.
+Whether a model refuses is settled in its first few tokens; later steps mostly cost fluency.
 """
 from __future__ import annotations
 
@@ -23,6 +28,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from eds_jax.core.ebm import EBM
+from eds_jax.core.gate import PromptGate
 from models.pretrained import check_intervention_layers
 
 _EPS = 1e-8
@@ -116,13 +122,18 @@ class Steering:
       step is orthogonalised against the TR gradient, then `+ ortho_lambda * eta * g_TR` is added.
     energy_floor: None (always step, upstream), or one energy / an array [B] / {layer: either}: a
       row steps only while its energy at that layer is above the floor.
+    window: None (steer at every forward call, upstream) or W >= 1: steer only the forward calls
+      that choose the first W tokens (the prefill and W - 1 decode steps).
+    gate: None (every row steps), or a `PromptGate`: `steered_generate` reads it once on the
+      unsteered prompt and only the rows it opens step (`open_rows`).
     """
 
     def __init__(self, ebms: Mapping[int, EBM], eta: Union[float, Mapping[int, float]] = 0.1,
                  num_steps: int = 3, dropout_at_inference: bool = False, dropout_seed: int = 0,
                  true_refusal_ebms: Optional[Mapping[int, EBM]] = None, ortho_lambda: float = 0.0,
                  record_energy_after: bool = False,
-                 energy_floor: Union[None, float, Mapping[int, float]] = None):
+                 energy_floor: Union[None, float, Mapping[int, float]] = None,
+                 window: Optional[int] = None, gate: Optional[PromptGate] = None):
         if not ebms:
             raise ValueError("Steering needs at least one EBM ({layer: EBM})")
         layers = sorted(int(layer) for layer in ebms)
@@ -134,6 +145,10 @@ class Steering:
         check_setting("ortho_lambda", ortho_lambda)
         if int(num_steps) < 0:
             raise ValueError(f"num_steps must be >= 0, got {num_steps}")
+        if gate is not None and not isinstance(gate, PromptGate):
+            raise ValueError(f"gate must be a PromptGate or None, got {type(gate).__name__}")
+        if window is not None and (isinstance(window, bool) or int(window) != window or window < 1):
+            raise ValueError(f"window must be None or a whole number of forward calls >= 1, got {window!r}")
         widths = {layer: ebms[layer].spec.input_dim for layer in layers}
         if len(set(widths.values())) > 1:
             raise ValueError(f"EBM input widths differ across layers: {widths}")
@@ -149,19 +164,23 @@ class Steering:
         self.dropout_at_inference = bool(dropout_at_inference)
         self.dropout_key = jax.random.PRNGKey(dropout_seed)
         self.record_energy_after = bool(record_energy_after)
+        self.window = None if window is None else int(window)
+        self.active = jnp.float32(1.0)  # 0 outside the window (set per call by `at_call`)
+        self.gate = gate
 
     # -- pytree -------------------------------------------------------------------------------
     def tree_flatten(self):
         children = (self.ebms, self.etas, self.true_refusal_ebms, self.ortho_lambda, self.dropout_key,
-                    self.energy_floors)
-        return children, (self.num_steps, self.dropout_at_inference, self.record_energy_after)
+                    self.energy_floors, self.active, self.gate)
+        return children, (self.num_steps, self.dropout_at_inference, self.record_energy_after,
+                          self.window)
 
     @classmethod
     def tree_unflatten(cls, aux, children):
         obj = object.__new__(cls)
         (obj.ebms, obj.etas, obj.true_refusal_ebms, obj.ortho_lambda, obj.dropout_key,
-         obj.energy_floors) = children
-        obj.num_steps, obj.dropout_at_inference, obj.record_energy_after = aux
+         obj.energy_floors, obj.active, obj.gate) = children
+        obj.num_steps, obj.dropout_at_inference, obj.record_energy_after, obj.window = aux
         return obj
 
     # -- intervention -------------------------------------------------------------------------
@@ -179,6 +198,8 @@ class Steering:
         if self.input_dim != config.hidden_size:
             raise ValueError(f"EBM input width {self.input_dim} != model hidden size "
                              f"{config.hidden_size}; these EBMs were trained on another model")
+        if self.gate is not None:
+            self.gate.check_model(config)
 
     @property
     def batch_rows(self) -> Optional[int]:
@@ -195,17 +216,34 @@ class Steering:
             taken.energy_floors = {layer: take_per_row(f, rows) for layer, f in self.energy_floors.items()}
         return taken
 
+    def open_rows(self, opened) -> "Steering":
+        """The same steering, ungated, where only the rows with `opened` [B] True step (the others'
+        eta is 0 at every layer, so they decode exactly as unsteered)."""
+        opened = np.asarray(opened, bool)
+        rows = self.batch_rows
+        if opened.ndim != 1 or (rows is not None and opened.shape[0] != rows):
+            raise ValueError(f"opened must be one bool per batch row ({rows or 'B'}), got shape {opened.shape}")
+        gated = copy.copy(self)
+        mask = jnp.asarray(opened, jnp.float32)
+        gated.etas = {layer: eta * mask for layer, eta in self.etas.items()}
+        gated.gate = None
+        return gated
+
     def prefix_intervention(self) -> None:
         """Nothing over a shared prompt prefix: EDS moves only the newest position (the last
         prompt token at prefill), which is never in the prefix."""
         return None
 
     def at_call(self, call_index) -> "Steering":
-        """The same steering with a dropout key unique to this forward call."""
-        if not self.dropout_at_inference:
+        """The steering for forward call `call_index` (0: prefill): a dropout key unique to the
+        call, and no step outside the window."""
+        if not self.dropout_at_inference and self.window is None:
             return self
         steered = copy.copy(self)
-        steered.dropout_key = jax.random.fold_in(self.dropout_key, call_index)
+        if self.dropout_at_inference:
+            steered.dropout_key = jax.random.fold_in(self.dropout_key, call_index)
+        if self.window is not None:
+            steered.active = jnp.where(call_index < self.window, 1.0, 0.0).astype(jnp.float32)
         return steered
 
     def __call__(self, layer: int, hidden: jax.Array):
@@ -214,7 +252,7 @@ class Steering:
         Returns (hidden, energies [B, 2]): the energy before the first step and after the last
         (NaN unless `record_energy_after`).
         """
-        ebm, eta = self.ebms[layer], row_column(self.etas[layer])
+        ebm, eta = self.ebms[layer], row_column(self.etas[layer]) * self.active
         floor = None if self.energy_floors is None else self.energy_floors[layer]
         tr_ebm = self.true_refusal_ebms[layer] if self.true_refusal_ebms else None
         layer_key = jax.random.fold_in(self.dropout_key, layer)

@@ -77,6 +77,11 @@ def check_config(cfg) -> None:
         if value < 1:
             raise ValueError(f"config.collect.{name}={value!r}: expected >= 1")
     adaptive_search(cfg)
+    if cfg.gate.enabled and not 0.5 <= float(cfg.gate.harmful_quantile) <= 1:
+        raise ValueError(f"config.gate.harmful_quantile={cfg.gate.harmful_quantile!r}: expected a "
+                         "quantile in [0.5, 1]")
+    if cfg.gate.enabled and int(cfg.gate.folds) < 2:
+        raise ValueError(f"config.gate.folds={cfg.gate.folds!r}: expected >= 2")
     if any(not float(v) > 0 for v in cfg.sweep.etas):
         raise ValueError(f"config.sweep.etas={tuple(cfg.sweep.etas)!r}: expected step sizes > 0")
     if cfg.steer.top_n_layers < 1 or any(int(n) < 1 for n in cfg.sweep.top_n_layers):
@@ -135,11 +140,23 @@ def _per_layer(eta, layers) -> dict:
             else {int(l): float(eta) for l in layers})
 
 
+def fit_gate(cfg, data):
+    """The prompt gate `cfg.gate` describes, fitted on the training collection, or None."""
+    from eds_jax.training.gate import fit_prompt_gate
+    g = cfg.gate
+    if not g.enabled:
+        return None
+    return fit_prompt_gate(data.activations, data.kinds, float(g.harmful_quantile),
+                           tuple(int(l) for l in g.layers) or None, int(g.folds), float(g.l2),
+                           int(g.steps), seed=int(cfg.data.seed))
+
+
 def choose_steering(cfg, pre, ranked: list[int], layer_ebm, validation: tuple[list, list],
-                    workdir: str, sharding, data=None):
+                    workdir: str, sharding, data=None, gate=None):
     """(SteeringSettings, judge dict or None, sweep dict or None): swept on the validation prompts
     of `cfg.sweep` when it names etas, else `cfg.steer` as it is. `data` (the training collection)
-    sets the energy floors and hidden norms."""
+    sets the energy floors and hidden norms; every candidate steers through the prompt `gate`
+    when there is one."""
     import jax
     import eds_jax
     from eds_jax.common import plots
@@ -180,7 +197,7 @@ def choose_steering(cfg, pre, ranked: list[int], layer_ebm, validation: tuple[li
         swept, tuple(s.etas),
         lambda per_row, steps=steps, n=n, q=q: eds_jax.Steering(
             {l: ebms[l] for l in ranked[:n]}, eta=eta_for(per_row, ranked[:n]), num_steps=steps,
-            energy_floor=None if q is None else {l: floors[q][l] for l in ranked[:n]}))
+            energy_floor=None if q is None else {l: floors[q][l] for l in ranked[:n]}, gate=gate))
         for q in quantiles for steps in steps_list for n in tops]
     options = dict(system=cfg.collect.system, max_new_tokens=int(s.max_new_tokens),
                    batch_size=int(s.batch_size))
@@ -307,8 +324,12 @@ def train_and_choose(cfg, workdir: str) -> TrainResult:
     ranked = [int(layers[i]) for i in np.lexsort((result["metrics"]["loss"], -scores))]  # ties: val loss
     index = {layer: i for i, layer in enumerate(layers)}
     layer_ebm = lambda layer: result["trainer"].layer_ebm(result["params"], index[layer])
+    gate = fit_gate(cfg, data)
+    if gate is not None:
+        print(f"prompt gate: block {gate.layer}, held-out AUC {gate.info['held_out_auc']}, opens "
+              f"{gate.info['held_out_open']} of held-out training prompts")
     settings, judge, sweep = choose_steering(cfg, pre, ranked, layer_ebm, validation, workdir=workdir,
-                                             sharding=batch_sharding(mesh), data=data)
+                                             sharding=batch_sharding(mesh), data=data, gate=gate)
     chosen = list(settings.layers)
     per_layer = {str(layer): {"auc": float(result["metrics"]["auc"][index[layer]]),
                               "sign_accuracy": float(result["metrics"]["sign_accuracy"][index[layer]]),
@@ -323,7 +344,7 @@ def train_and_choose(cfg, workdir: str) -> TrainResult:
     if jax.process_index() == 0:
         save_steering(ebms_dir, {layer: layer_ebm(layer) for layer in chosen}, settings,
                       system=cfg.collect.system, model=model, judge=judge, sweep=sweep,
-                      training=training, overwrite=True)
+                      training=training, overwrite=True, gate=gate)
         plots.plot_layer_quality(os.path.join(workdir, "layer_quality.png"), layers,
                                  result["metrics"]["auc"], result["metrics"]["sign_accuracy"], chosen)
         good, bad = result["val_energies"]
@@ -334,6 +355,10 @@ def train_and_choose(cfg, workdir: str) -> TrainResult:
         lines += [search.markdown_table(sweep["table"], sweep["chosen"]),
                   f"steering setting chosen on validation prompts: {sweep['reason']}"]
     lines.append(describe(settings, ebms_dir))
+    if gate is not None:
+        lines.append(f"prompt gate: block {gate.layer}, threshold {float(gate.threshold):.3f} (quantile "
+                     f"{gate.info['harmful_quantile']} of held-out harmful scores), held-out AUC "
+                     f"{gate.info['held_out_auc']}, opens {gate.info['held_out_open']}")
     return TrainResult(ebms_dir=ebms_dir, layers=chosen, settings=settings, counts=counts,
                        metrics={k: np.asarray(v).tolist() for k, v in result["metrics"].items()},
                        sweep=sweep, summary="\n".join(lines), wall_time_s=time.time() - start)
