@@ -38,6 +38,9 @@ flags.DEFINE_enum("judge", None, ["substring", "prefix"],
                   "default: the EBMs' metadata, else substring")
 flags.DEFINE_float("fluency_threshold", None, "nats/token above which a non-refusal is incoherent "
                    "(default: the threshold calibrated after training, in the EBMs' metadata)")
+flags.DEFINE_bool("no_gate", False, "EDS steers every prompt, ignoring the prompt gate saved with the EBMs")
+flags.DEFINE_bool("gate_vectors", False, "the vector baselines steer only the prompts the EBMs' prompt "
+                  "gate opens (the same gate as EDS, to compare the steps alone)")
 flags.DEFINE_string("system", None, "system prompt (default: the EBMs' deployment, from their metadata)")
 flags.DEFINE_integer("max_new_tokens", D.max_new_tokens, "new tokens per response (greedy)")
 flags.DEFINE_integer("batch_size", D.batch_size, "prompts per batch")

@@ -8,6 +8,7 @@ import models
 from eds_jax import EBM, EBMSpec, Steering
 from eds_jax.core.decoding import left_pad
 from eds_jax.core.gate import PromptGate, prompt_states
+from eds_jax.core.vectors import VectorSteering
 from eds_jax.training.gate import auc, fit_prompt_gate
 from conftest import left_padded_batch, save_test_steering
 
@@ -109,14 +110,16 @@ def test_gated_rows_decode_as_steered_and_closed_rows_as_plain(tiny, shared_pref
         np.testing.assert_allclose(prompt_states(tiny, suffix, suffix_mask, layer,
                                                  models.prefill_prefix(tiny, prefix_ids)),
                                    states, rtol=1e-5, atol=1e-5)
-    steer = dict(eta=3.0, num_steps=2)
-    gated = eds_jax.steered_generate(tiny, ids, mask, Steering(ebms, gate=gate, **steer), max_new_tokens=6)
-    everywhere = eds_jax.steered_generate(tiny, ids, mask, Steering(ebms, **steer), max_new_tokens=6)
-    plain = eds_jax.steered_generate(tiny, ids, mask, max_new_tokens=6)
-    tokens, steered, unsteered = (np.asarray(o.tokens) for o in (gated, everywhere, plain))
-    assert (steered[expected] != unsteered[expected]).any(), "this eta should change the open rows"
-    np.testing.assert_array_equal(tokens[expected], steered[expected])
-    np.testing.assert_array_equal(tokens[~expected], unsteered[~expected])
+    vector = {1: np.random.RandomState(1).normal(size=D).astype(np.float32) * 4}
+    plain = np.asarray(eds_jax.steered_generate(tiny, ids, mask, max_new_tokens=6).tokens)
+    for build in (lambda g: Steering(ebms, eta=3.0, num_steps=2, gate=g),
+                  lambda g: VectorSteering(vector, "add", 1.0, gate=g)):
+        gated, everywhere = (np.asarray(eds_jax.steered_generate(tiny, ids, mask, build(g),
+                                                                 max_new_tokens=6).tokens)
+                             for g in (gate, None))
+        assert (everywhere[expected] != plain[expected]).any(), "this step should change the open rows"
+        np.testing.assert_array_equal(gated[expected], everywhere[expected])
+        np.testing.assert_array_equal(gated[~expected], plain[~expected])
 
 
 def test_window_steers_only_the_first_calls(tiny):

@@ -27,6 +27,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from eds_jax.core.gate import PromptGate
 from eds_jax.core.steering import check_setting, per_row_count, row_column, take_per_row
 from models.pretrained import check_intervention_layers
 
@@ -89,11 +90,14 @@ class VectorSteering:
 
     vectors: {layer: [D]} or an [L, D] array together with `layers`. The same interface as
     `Steering` (layers, check_model, at_call, __call__), so `steered_generate` takes either.
+    gate: an optional `PromptGate`, read as `Steering` reads it (only the rows it opens steer).
     """
     record_energy_after = False
 
     def __init__(self, vectors, mode: str = "add", coeff: float = 1.0,
-                 layers: Sequence[int] | None = None):
+                 layers: Sequence[int] | None = None, gate: Optional[PromptGate] = None):
+        if gate is not None and not isinstance(gate, PromptGate):
+            raise ValueError(f"gate must be a PromptGate or None, got {type(gate).__name__}")
         if mode not in MODES:
             raise ValueError(f"mode {mode!r} is unknown; expected one of {MODES}")
         if not isinstance(vectors, Mapping):
@@ -121,14 +125,15 @@ class VectorSteering:
         self.mode = mode
         self.vectors = {layer: jnp.asarray(vectors[layer], jnp.float32) for layer in sorted(vectors)}
         self.coeff = jnp.asarray(check_setting("coeff", coeff), jnp.float32)
+        self.gate = gate
 
     def tree_flatten(self):
-        return (self.vectors, self.coeff), self.mode
+        return (self.vectors, self.coeff, self.gate), self.mode
 
     @classmethod
     def tree_unflatten(cls, mode, children):
         obj = object.__new__(cls)
-        obj.vectors, obj.coeff = children
+        obj.vectors, obj.coeff, obj.gate = children
         obj.mode = mode
         return obj
 
@@ -141,11 +146,24 @@ class VectorSteering:
         width = next(iter(self.vectors.values())).shape[0]
         if width != config.hidden_size:
             raise ValueError(f"steering vector width {width} != model hidden size {config.hidden_size}")
+        if self.gate is not None:
+            self.gate.check_model(config)
 
     @property
     def batch_rows(self) -> Optional[int]:
         """The batch size a per-row coefficient ([B]) fixes, or None."""
         return per_row_count([self.coeff])
+
+    def open_rows(self, opened) -> "VectorSteering":
+        """Ungated, with coefficient 0 on the rows not `opened` [B] (they decode as unsteered)."""
+        opened = np.asarray(opened, bool)
+        rows = self.batch_rows
+        if opened.ndim != 1 or (rows is not None and opened.shape[0] != rows):
+            raise ValueError(f"opened must be one bool per batch row ({rows or 'B'}), got shape {opened.shape}")
+        gated = copy.copy(self)
+        gated.coeff = self.coeff * jnp.asarray(opened, jnp.float32)
+        gated.gate = None
+        return gated
 
     def take_rows(self, rows) -> "VectorSteering":
         taken = copy.copy(self)

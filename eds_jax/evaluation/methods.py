@@ -4,6 +4,7 @@ SafeSteer, false-refusal vector ablation) with their coefficients chosen by the 
 settings (`eds_jax.training.search`)."""
 from __future__ import annotations
 
+import copy
 import dataclasses
 import logging
 from typing import Optional, Sequence
@@ -71,10 +72,16 @@ def build_methods(opts: EvalOptions, pre, saved, system, judge) -> tuple[dict, d
     interventions, described = {}, {}
     if "baseline" in methods:
         interventions["baseline"], described["baseline"] = None, {}
+    gate = saved.gate if saved is not None else None
+    if opts.gate_vectors and gate is None:
+        raise EvalError("--gate_vectors needs --ebms saved with a prompt gate (config.gate.enabled)")
     if "eds" in methods:
         steering = saved.steering
         if steering is None:
             print(saved.note)
+        elif opts.no_gate and steering.gate is not None:
+            steering = copy.copy(steering)
+            steering.gate = None
         interventions["eds"] = steering
         described["eds"] = {"layers": sorted(ebms), "ebms": saved.directory,
                             "params_sha256": metadata["params_sha256"], "unsteered": steering is None,
@@ -83,7 +90,9 @@ def build_methods(opts: EvalOptions, pre, saved, system, judge) -> tuple[dict, d
                             and opts.eta is None and opts.num_steps is None and not opts.no_energy_floor,
                             # the EBMs' settings search, for the trade-off figure beside the baselines'
                             "sweep": ({"table": saved.sweep["table"], "chosen": saved.sweep["chosen"]}
-                                      if saved.sweep and saved.sweep.get("table") else None)}
+                                      if saved.sweep and saved.sweep.get("table") else None),
+                            "gate": (None if steering is None or steering.gate is None
+                                     else steering.gate.to_metadata())}
         if steering is not None:
             described["eds"] |= {
                 "num_steps": steering.num_steps,
@@ -101,12 +110,14 @@ def build_methods(opts: EvalOptions, pre, saved, system, judge) -> tuple[dict, d
 
     def with_coeff(method, vector, mode, given, candidates):
         """The intervention at the given coefficient, else at the one the rule chooses."""
-        build = lambda c: vectors.VectorSteering(vector, mode, c, layers)
+        vector_gate = gate if opts.gate_vectors else None
+        build = lambda c: vectors.VectorSteering(vector, mode, c, layers, gate=vector_gate)
+        gated = {"gated": vector_gate is not None}
         if given is not None:
-            return (None if given == 0 else build(given)), {"coeff": given, "mode": mode}
+            return (None if given == 0 else build(given)), {"coeff": given, "mode": mode} | gated
         coeff, chosen = validation.choose(method, build, candidates)
         # kept unsteered: plain decoding, whose answers the evaluation reuses from the baseline
-        return (None if coeff == 0 else build(coeff)), {"coeff": coeff, "mode": mode, "sweep": chosen}
+        return (None if coeff == 0 else build(coeff)), {"coeff": coeff, "mode": mode, "sweep": chosen} | gated
 
     def activations(path):
         return last_token_activations(pre, load_prompts(path, None, opts.direction_limit or None), system, batch)

@@ -26,6 +26,8 @@ class EvalOptions:
     eta: Optional[float] = None  # EDS overrides; None: as saved with the EBMs
     num_steps: Optional[int] = None
     no_energy_floor: bool = False
+    no_gate: bool = False  # EDS steers every prompt, ignoring the EBMs' saved prompt gate
+    gate_vectors: bool = False  # the vector baselines steer through the EBMs' prompt gate too
     methods: Sequence[str] = METHODS
     benign_sets: Sequence[str] = (f"orbh_test={PUBLIC}/or_bench_hard_test.json",
                                   f"xstest_safe={PUBLIC}/xstest_safe_val.json",
