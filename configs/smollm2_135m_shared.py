@@ -24,6 +24,8 @@ def get_config():
     c.steer.eta_scale = "hidden_norm"
     c.sweep.etas = LOG_ETA_FRACTIONS  # then refined around the best (configs/common.py)
     c.sweep.energy_floor_quantiles = FLOOR_QUANTILES
+    c.sweep.refine_rounds = 3
+    c.sweep.max_new_tokens = 48
     # validation prompts for the eta sweep: neither training nor test prompts
     c.sweep.benign = {"or_bench_hard": source(f"{PUBLIC}/or_bench_hard_val.json", limit=64),
                       "harmless": source(f"{PUBLIC}/harmless_val.json")}

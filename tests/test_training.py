@@ -110,7 +110,8 @@ def test_train_ebm_end_to_end_then_steer_decode(tmp_path, tiny_chat_model):
             "--config.steer.eta_scale=hidden_norm", "--config.sweep.energy_floor_quantiles=(0.5,)",
             "--config.sweep.benign.prompts.limit=6", "--config.sweep.harmful.prompts.limit=6",
             # the plain grid here (the adaptive search has its own tests: tests/test_search.py)
-            "--config.sweep.refine_rounds=0", "--config.sweep.screen_fraction=0"]
+            "--config.sweep.refine_rounds=0", "--config.sweep.screen_fraction=0",
+            "--config.gate.enabled=True", "--config.gate.folds=3", "--config.gate.layers=(1,2)"]
     proc = run_script("train_ebm.py", *args)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "label counts" in proc.stdout and "steering setting chosen on validation prompts" in proc.stdout
@@ -123,6 +124,9 @@ def test_train_ebm_end_to_end_then_steer_decode(tmp_path, tiny_chat_model):
     assert len(ebms) == 2 and meta["training"]["selected_by"] == "auc" and meta["model"]["hidden_size"] == 64
     # the deployment, the judge and the sweep travel with the EBMs
     assert meta["system"] == "Be careful." and meta["judge"]["fluency_threshold"] > 0
+    # the prompt gate, fitted on the collection's kinds, is saved with them and steers the decode
+    assert meta["gate"]["layer"] in (1, 2) and "prompt gate: block" in proc.stdout
+    assert eds_jax.load_steering(str(workdir / "ebms")).gate.layer == meta["gate"]["layer"]
     table = meta["sweep"]["table"]
     # eta swept as a fraction of each layer's median hidden-state norm over the collection
     assert [r.get("eta_fraction") for r in table] == [None, 0.02, 0.08, 0.02, 0.08]
@@ -157,6 +161,7 @@ def test_train_ebm_end_to_end_then_steer_decode(tmp_path, tiny_chat_model):
     else:
         assert row["layers"] == sorted(int(k) for k in ebms) and row["steered"] is not None
         assert row["steering"]["params_sha256"] == meta["params_sha256"]
+        assert row["steering"]["gate"]["layer"] == meta["gate"]["layer"] and row["gate_open"] in (True, False)
     assert row["system"] == "Be careful."  # decoded under the EBMs' own deployment
     # a rerun reuses collection and the finished training
     again = run_script("train_ebm.py", *args)

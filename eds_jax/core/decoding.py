@@ -34,6 +34,7 @@ class GenerationOutput(NamedTuple):
     lengths: jax.Array  # int32 [B]; new tokens up to and including the first EOS
     energies: Optional[jax.Array]  # float32 [B, max_new_tokens, n_layers] before steering; NaN after EOS
     energies_after: Optional[jax.Array] = None  # after the steps, if steering.record_energy_after
+    opened: Optional[np.ndarray] = None  # bool [B]: the rows a prompt gate let steer (gated steering)
 
 
 class _DecodeState(NamedTuple):
@@ -236,10 +237,12 @@ def steered_generate(pre: Pretrained, input_ids, attention_mask=None,
     ids, mask = pad_to_bucket(ids, mask, pre.pad_token_id,
                               min(bucket_length(ids.shape[1]), capacity - max_new_tokens - slots))
     rows = ids.shape[0]
+    opened = None
     if getattr(steering, "gate", None) is not None:  # read once, on the unsteered prompt
         gate = steering.gate
         plain_prefix = None if prefix_ids is None else prefill_prefix(pre, prefix_ids)
-        steering = steering.open_rows(gate.opens(prompt_states(pre, ids, mask, gate.layer, plain_prefix)))
+        opened = gate.opens(prompt_states(pre, ids, mask, gate.layer, plain_prefix))
+        steering = steering.open_rows(opened)
     if batch_sharding is not None:
         ids, mask = shard_rows((ids, mask), batch_sharding)
         if steering is not None and ids.shape[0] > rows:  # padded rows repeat the last row's settings
@@ -252,9 +255,9 @@ def steered_generate(pre: Pretrained, input_ids, attention_mask=None,
                     jnp.float32(max(temperature, 1e-6)), jnp.float32(top_p), prefix, config=config,
                     dtype=pre.dtype, max_new_tokens=int(max_new_tokens),
                     eos_ids=pre.eos_token_ids, pad_id=pre.pad_token_id, sample=temperature > 0)
-    if batch_sharding is None:
-        return out
-    return jax.tree_util.tree_map(lambda a: a[:rows], gather_rows(out))
+    if batch_sharding is not None:
+        out = jax.tree_util.tree_map(lambda a: a[:rows], gather_rows(out))
+    return out if opened is None else out._replace(opened=opened)
 
 
 def chat_prompts(tokenizer, prompts: Sequence[str], system: Optional[str] = None) -> list[str]:
