@@ -27,6 +27,8 @@ flags.DEFINE_list("held_out", [], "deployments marked held out in the summary")
 flags.DEFINE_string("out", "benchmarks/results/deployments", "results folder")
 flags.DEFINE_string("workdir", "runs/deployments", "training workdirs (collections, checkpoints)")
 flags.DEFINE_list("methods", ["baseline", "eds", "actadd"], "methods evaluated")
+flags.DEFINE_bool("gate_vectors", True, "the vector baselines steer through the EBMs' prompt gate too "
+                  "(when the config fits one), so the comparison is of the steps alone")
 FLAGS = flags.FLAGS
 
 
@@ -51,7 +53,8 @@ def run_one(name: str) -> dict:
                 f"(search {result.sweep['search_wall_time_s'] if result.sweep else 0:.0f} s)\n")
     start = time.time()
     report = evaluate(EvalOptions(ebms=result.ebms_dir, methods=tuple(FLAGS.methods), max_new_tokens=40,
-                                  batch_size=32, output_dir=out))
+                                  batch_size=32, output_dir=out,
+                                  gate_vectors=FLAGS.gate_vectors and bool(cfg.gate.enabled)))
     report["suite"] = {"train_s": round(train_s, 1), "evaluate_s": round(time.time() - start, 1),
                        "label_counts": result.counts, "chosen": result.sweep["chosen"] if result.sweep else None}
     with open(os.path.join(out, "results.json"), "w") as f:
