@@ -23,7 +23,8 @@ def quick_start_dir(tmp_path_factory):
     directory = tmp_path_factory.mktemp("quick_start")
     proc = subprocess.run(
         [sys.executable, os.path.join(ROOT, "train_ebm.py"), f"--workdir={directory / 'workdir'}",
-         "--config.data.benign.prompts.limit=12", "--config.data.harmful.prompts.limit=12",
+         *(f"--config.data.benign.{name}.limit=3" for name in ("harmless", "or_bench_hard", "xstest_safe", "oktest")),
+         "--config.data.harmful.harmful.limit=6", "--config.data.harmful.xstest_unsafe.limit=6",
          "--config.collect.max_new_tokens=12", "--config.train.epochs=1", "--config.sweep.etas=()"],
         capture_output=True, text=True, cwd=directory)
     assert proc.returncode == 0, proc.stderr[-3000:]
