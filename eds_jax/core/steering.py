@@ -97,6 +97,14 @@ def median_hidden_norms(activations, layers) -> dict[int, float]:
                                                        axis=-1))) for layer in layers}
 
 
+def check_opened(opened, rows: Optional[int]) -> np.ndarray:
+    """A gate's decision as bool [B], checked against the `rows` per-row settings fix (or None)."""
+    opened = np.asarray(opened, bool)
+    if opened.ndim != 1 or (rows is not None and opened.shape[0] != rows):
+        raise ValueError(f"opened must be one bool per batch row ({rows or 'B'}), got shape {opened.shape}")
+    return opened
+
+
 def take_per_row(setting, rows):
     return setting[jnp.asarray(rows)] if np.ndim(setting) == 1 else setting
 
@@ -219,12 +227,8 @@ class Steering:
     def open_rows(self, opened) -> "Steering":
         """The same steering, ungated, where only the rows with `opened` [B] True step (the others'
         eta is 0 at every layer, so they decode exactly as unsteered)."""
-        opened = np.asarray(opened, bool)
-        rows = self.batch_rows
-        if opened.ndim != 1 or (rows is not None and opened.shape[0] != rows):
-            raise ValueError(f"opened must be one bool per batch row ({rows or 'B'}), got shape {opened.shape}")
+        mask = jnp.asarray(check_opened(opened, self.batch_rows), jnp.float32)
         gated = copy.copy(self)
-        mask = jnp.asarray(opened, jnp.float32)
         gated.etas = {layer: eta * mask for layer, eta in self.etas.items()}
         gated.gate = None
         return gated

@@ -28,7 +28,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from eds_jax.core.gate import PromptGate
-from eds_jax.core.steering import check_setting, per_row_count, row_column, take_per_row
+from eds_jax.core.steering import check_opened, check_setting, per_row_count, row_column, take_per_row
 from models.pretrained import check_intervention_layers
 
 MODES = ("add", "ablate")
@@ -156,12 +156,8 @@ class VectorSteering:
 
     def open_rows(self, opened) -> "VectorSteering":
         """Ungated, with coefficient 0 on the rows not `opened` [B] (they decode as unsteered)."""
-        opened = np.asarray(opened, bool)
-        rows = self.batch_rows
-        if opened.ndim != 1 or (rows is not None and opened.shape[0] != rows):
-            raise ValueError(f"opened must be one bool per batch row ({rows or 'B'}), got shape {opened.shape}")
         gated = copy.copy(self)
-        gated.coeff = self.coeff * jnp.asarray(opened, jnp.float32)
+        gated.coeff = self.coeff * jnp.asarray(check_opened(opened, self.batch_rows), jnp.float32)
         gated.gate = None
         return gated
 
