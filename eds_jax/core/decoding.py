@@ -237,7 +237,7 @@ def steered_generate(pre: Pretrained, input_ids, attention_mask=None,
     ids, mask = pad_to_bucket(ids, mask, pre.pad_token_id,
                               min(bucket_length(ids.shape[1]), capacity - max_new_tokens - slots))
     rows = ids.shape[0]
-    opened = None
+    opened, plain_prefix = None, None
     if getattr(steering, "gate", None) is not None:  # read once, on the unsteered prompt
         gate = steering.gate
         plain_prefix = None if prefix_ids is None else prefill_prefix(pre, prefix_ids)
@@ -250,7 +250,10 @@ def steered_generate(pre: Pretrained, input_ids, attention_mask=None,
     if prefix_ids is not None:
         _, over_prefix = prefix_intervention(steering)  # of the rows as sharded
         per_row = over_prefix is not None and over_prefix.batch_rows is not None
-        prefix = prefill_prefix(pre, prefix_ids, over_prefix, rows=ids.shape[0] if per_row else 1)
+        if over_prefix is None and plain_prefix is not None:  # the gate's plain prefix is this one
+            prefix = plain_prefix
+        else:
+            prefix = prefill_prefix(pre, prefix_ids, over_prefix, rows=ids.shape[0] if per_row else 1)
     out = _generate(pre.params, ids, mask, steering, jax.random.PRNGKey(seed),
                     jnp.float32(max(temperature, 1e-6)), jnp.float32(top_p), prefix, config=config,
                     dtype=pre.dtype, max_new_tokens=int(max_new_tokens),
