@@ -29,7 +29,9 @@ def get_config():
     c.data.harmful = {"harmful": source(f"{PUBLIC}/harmful_train.json", limit=160),
                       "xstest_unsafe": source(f"{PUBLIC}/xstest_unsafe_train.json", limit=80)}
     c.collect.system = OVER_CAUTIOUS_SYSTEM
-    c.collect.max_new_tokens = 40
+    # labels need only "refused or not": on 900 answers the judge read the first 24 tokens as it
+    # read all 40 on 899 (docs/experiments.md), and 24 keep Quick start command 1 within 10 minutes
+    c.collect.max_new_tokens = 24
     c.collect.batch_size = 32
     c.ebm.architecture = "simple"
     c.ebm.hidden_dim = 256
