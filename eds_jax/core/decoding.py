@@ -35,6 +35,9 @@ class GenerationOutput(NamedTuple):
     energies: Optional[jax.Array]  # float32 [B, max_new_tokens, n_layers] before steering; NaN after EOS
     energies_after: Optional[jax.Array] = None  # after the steps, if steering.record_energy_after
     opened: Optional[np.ndarray] = None  # bool [B]: the rows a prompt gate let steer (gated steering)
+    # float32 [B, L, D]: the input of every block at the last prompt token, as the prefill saw it
+    # (return_prompt_states); collection reads its activations here instead of a second forward
+    prompt_states: Optional[jax.Array] = None
 
 
 class _DecodeState(NamedTuple):
@@ -114,10 +117,10 @@ class _Buffers(NamedTuple):
 
 
 @functools.partial(jax.jit, static_argnames=("config", "dtype", "max_new_tokens", "eos_ids",
-                                             "pad_id", "sample"))
+                                             "pad_id", "sample", "prompt_states"))
 def _generate(params, input_ids, attention_mask, steering: Optional[SteeringLike], rng, temperature,
               top_p, prefix: Optional[SharedPrefix] = None, *, config, dtype, max_new_tokens: int,
-              eos_ids: tuple, pad_id: int, sample: bool) -> GenerationOutput:
+              eos_ids: tuple, pad_id: int, sample: bool, prompt_states: bool = False) -> GenerationOutput:
     batch, prompt_len = input_ids.shape
     # each row's cache: [prompt | new tokens], after the shared prefix if there is one
     cache = init_kv_cache(config, batch, prompt_len + max_new_tokens, resolve_dtype(dtype))
@@ -125,13 +128,18 @@ def _generate(params, input_ids, attention_mask, steering: Optional[SteeringLike
         attention_mask.astype(bool))
     eos = jnp.asarray(eos_ids, jnp.int32)
 
-    def call_model(ids, positions, cache, index, mask, call_index):
+    def call_model(ids, positions, cache, index, mask, call_index, hidden_states=False):
         intervention = steering.at_call(call_index) if steering is not None else None
         return apply_model(config, dtype, params, ids, positions, cache, index, mask,
-                           intervention=intervention, last_logits_only=True, prefix=prefix)
+                           intervention=intervention, output_hidden_states=hidden_states,
+                           last_logits_only=True, prefix=prefix)
 
     positions = prompt_positions(attention_mask) + (0 if prefix is None else prefix.length)
-    out = call_model(input_ids, positions, cache, 0, kv_mask, 0)
+    out = call_model(input_ids, positions, cache, 0, kv_mask, 0, hidden_states=prompt_states)
+    states = None
+    if prompt_states:  # only the last column is kept, so XLA computes no other position's copy
+        states = jnp.stack([h[:, -1] for h in out.hidden_states[:config.num_layers]],
+                           axis=1).astype(jnp.float32)
     first = _choose(out.logits[:, -1], jax.random.fold_in(rng, 0), temperature, top_p, sample)
     state = _DecodeState(out.kv_cache, kv_mask, first, positions[:, -1] + 1, jnp.isin(first, eos))
     first_energy = _energies(out.intervention_aux)
@@ -166,9 +174,10 @@ def _generate(params, input_ids, attention_mask, steering: Optional[SteeringLike
     _, _, buffers = jax.lax.while_loop(keep_going, step, (jnp.int32(1), state, buffers))
     lengths = jnp.sum(~buffers.done_before, axis=-1).astype(jnp.int32)
     if buffers.energies is None:
-        return GenerationOutput(buffers.tokens, lengths, None, None)
+        return GenerationOutput(buffers.tokens, lengths, None, None, prompt_states=states)
     after = buffers.energies[..., 1] if steering.record_energy_after else None
-    return GenerationOutput(buffers.tokens, lengths, buffers.energies[..., 0], after)
+    return GenerationOutput(buffers.tokens, lengths, buffers.energies[..., 0], after,
+                            prompt_states=states)
 
 
 def _check_left_padded(mask: np.ndarray) -> None:
@@ -186,7 +195,7 @@ def steered_generate(pre: Pretrained, input_ids, attention_mask=None,
                      steering: Optional[SteeringLike] = None, max_new_tokens: int = 64,
                      temperature: float = 0.0, top_p: float = 1.0, seed: int = 0,
                      max_cache_length: Optional[int] = None, batch_sharding=None,
-                     reuse_prefix: bool = True) -> GenerationOutput:
+                     reuse_prefix: bool = True, return_prompt_states: bool = False) -> GenerationOutput:
     """Generate `max_new_tokens` tokens for a left-padded batch, steering when `steering` is set.
 
     temperature 0 is greedy; otherwise temperature/top-p sampling with a fresh key per step.
@@ -196,6 +205,8 @@ def steered_generate(pre: Pretrained, input_ids, attention_mask=None,
     whole output back.
     `reuse_prefix`: when the rows share a prompt prefix (a system prompt), its keys and values are
     computed once and only each row's suffix is prefilled; the tokens are those of a full prefill.
+    `return_prompt_states`: also return the input of every block at the last prompt token
+    (`GenerationOutput.prompt_states`), taken from the prefill (after any steering there).
     """
     ids = np.asarray(input_ids)
     if ids.ndim != 2 or not np.issubdtype(ids.dtype, np.integer):
@@ -257,7 +268,8 @@ def steered_generate(pre: Pretrained, input_ids, attention_mask=None,
     out = _generate(pre.params, ids, mask, steering, jax.random.PRNGKey(seed),
                     jnp.float32(max(temperature, 1e-6)), jnp.float32(top_p), prefix, config=config,
                     dtype=pre.dtype, max_new_tokens=int(max_new_tokens),
-                    eos_ids=pre.eos_token_ids, pad_id=pre.pad_token_id, sample=temperature > 0)
+                    eos_ids=pre.eos_token_ids, pad_id=pre.pad_token_id, sample=temperature > 0,
+                    prompt_states=bool(return_prompt_states))
     if batch_sharding is not None:
         out = jax.tree_util.tree_map(lambda a: a[:rows], gather_rows(out))
     return out if opened is None else out._replace(opened=opened)
@@ -296,7 +308,8 @@ def generate_text(pre: Pretrained, prompts: Sequence[str], steering: Optional[St
                   system: Optional[str] = None, max_new_tokens: int = 64, batch_size: int = 16,
                   temperature: float = 0.0, top_p: float = 1.0, seed: int = 0,
                   return_outputs: bool = False, progress: bool = False, batch_sharding=None,
-                  reuse_prefix: bool = True, by_length: bool = True):
+                  reuse_prefix: bool = True, by_length: bool = True,
+                  return_prompt_states: bool = False):
     """Chat-template, left-pad and batch `prompts`; return the decoded new text of each.
 
     With return_outputs=True, also return one `GenerationOutput` whose rows follow `prompts`.
@@ -304,7 +317,8 @@ def generate_text(pre: Pretrained, prompts: Sequence[str], steering: Optional[St
     A steering with per-row settings (e.g. `Steering(eta=array)`) holds one setting per prompt.
     `reuse_prefix`: see `steered_generate` (a system prompt is prefilled once per batch, not once
     per row). `by_length`: prompts of similar token counts share a batch, so less of each batch is
-    padding; greedy texts are those of batches in the given order.
+    padding; greedy texts are those of batches in the given order. `return_prompt_states`: the
+    outputs carry each prompt's block inputs at its last token (see `steered_generate`).
     """
     per_row = steering.batch_rows if steering is not None else None
     if per_row is not None and per_row != len(prompts):
@@ -327,7 +341,8 @@ def generate_text(pre: Pretrained, prompts: Sequence[str], steering: Optional[St
             batch_steering = steering.take_rows(rows[np.minimum(np.arange(ids.shape[0]), count - 1)])
         out = steered_generate(pre, ids, mask, steering=batch_steering, max_new_tokens=max_new_tokens,
                                temperature=temperature, top_p=top_p, seed=seed + index * batch_size,
-                               batch_sharding=batch_sharding, reuse_prefix=reuse_prefix)
+                               batch_sharding=batch_sharding, reuse_prefix=reuse_prefix,
+                               return_prompt_states=return_prompt_states)
         out = jax.tree_util.tree_map(lambda a: a[:count], out)
         tokens, lengths = np.asarray(out.tokens), np.asarray(out.lengths)
         for i, row, n in zip(rows, tokens, lengths):

@@ -3,8 +3,9 @@
 Labels (DESIGN.md section 1):
   benign + complied -> good (1)   benign + refused -> bad (0)
   harmful + refused -> good (1)   harmful + complied -> bad (0)
-Activations are the hidden state at the last prompt token at the input of every block, taken in one
-forward pass per batch. Everything is cached in the work directory; a rerun with the same inputs
+Activations are the hidden state at the last prompt token at the input of every block, taken from
+the prefill that starts each batch's generation (or one forward pass per batch when the responses
+were cached alone). Everything is cached in the work directory; a rerun with the same inputs
 reuses it.
 """
 from __future__ import annotations
@@ -140,13 +141,19 @@ def collect(pre, benign: Sequence[str], harmful: Sequence[str], directory: str, 
     batch_size = int(collect_config["batch_size"])
 
     cached = os.path.isfile(responses_path)
+    activations = None
+    if os.path.isfile(activations_path):
+        activations = np.load(activations_path)["activations"]
     if cached:
         with open(responses_path) as f:
             responses = [json.loads(line)["response"] for line in f]
-    else:
-        responses = generate_text(pre, prompts, system=system,
-                                  max_new_tokens=int(collect_config["max_new_tokens"]),
-                                  batch_size=batch_size, progress=True, batch_sharding=batch_sharding)
+    else:  # the prefill of each batch hands back the activations too: no second forward pass
+        responses, outputs = generate_text(
+            pre, prompts, system=system, max_new_tokens=int(collect_config["max_new_tokens"]),
+            batch_size=batch_size, progress=True, batch_sharding=batch_sharding,
+            return_outputs=True, return_prompt_states=activations is None)
+        if activations is None:
+            activations = np.asarray(outputs.prompt_states, np.float32)
     refused = np.array([judge(r) for r in responses], bool)
     labels = np.array([label(k, r) for k, r in zip(kinds, refused)], np.int8)
     if not cached:
@@ -154,11 +161,10 @@ def collect(pre, benign: Sequence[str], harmful: Sequence[str], directory: str, 
                                       "label": int(y)}
                                      for p, k, r, x, y in zip(prompts, kinds, responses, refused, labels)))
 
-    if os.path.isfile(activations_path):
-        activations = np.load(activations_path)["activations"]
-    else:
-        activations = last_token_activations(pre, prompts, system, batch_size,
-                                             batch_sharding=batch_sharding)
+    if not os.path.isfile(activations_path):
+        if activations is None:  # responses cached without their activations
+            activations = last_token_activations(pre, prompts, system, batch_size,
+                                                 batch_sharding=batch_sharding)
         tmp = f"{activations_path}.{os.getpid()}.tmp.npz"
         np.savez(tmp, activations=activations, labels=labels)
         os.replace(tmp, activations_path)
