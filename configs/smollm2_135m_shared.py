@@ -10,13 +10,7 @@ from configs.smollm2_135m import get_config as smollm2_config
 
 
 def get_config():
-    c = smollm2_config()
-    c.data.benign = {"harmless": source(f"{PUBLIC}/harmless_train_200.json"),
-                     "or_bench_hard": source(f"{PUBLIC}/or_bench_hard_train.json", limit=300),
-                     "xstest_safe": source(f"{PUBLIC}/xstest_safe_train.json"),
-                     "oktest": source(f"{PUBLIC}/oktest_train.json", limit=120)}
-    c.data.harmful = {"harmful": source(f"{PUBLIC}/harmful_train.json"),
-                      "xstest_unsafe": source(f"{PUBLIC}/xstest_unsafe_train.json")}
+    c = smollm2_config()  # the same training prompts
     c.collect.max_new_tokens = 40
     c.collect.batch_size = 32
     # eta as a fraction of each layer's median hidden-state norm: SmolLM2's norms grow with depth
