@@ -1,5 +1,6 @@
-"""Wall time of collection (the model's own responses, then last-prompt-token activations) on a
-sample of the shared-splits config's training prompts, as `train_ebm.py` runs it.
+"""Wall time of collection (the model's own responses and last-prompt-token activations) on a
+sample of the shared-splits config's training prompts: generation, the separate activations pass,
+and generation that takes the activations from its prefill (what `train_ebm.py` runs now).
 
   python benchmarks/collection_speed.py                         # this checkout
   python benchmarks/collection_speed.py --code=/path/to/older   # the same run on another checkout
@@ -10,6 +11,7 @@ does; the responses of both runs can be compared with `--output`.
 """
 from __future__ import annotations
 
+import inspect
 import json
 import os
 import sys
@@ -61,6 +63,15 @@ def main(argv):
     result = {"code": FLAGS.code, "prompts": len(prompts), "generation_s": generation_s,
               "activations_s": activations_s, "total_s": generation_s + activations_s,
               "date": time.strftime("%Y-%m-%d")}
+    if "return_prompt_states" in inspect.signature(generate_text).parameters:  # older code: absent
+        start = time.perf_counter()
+        fused, out = generate_text(pre, prompts, system=c.system, max_new_tokens=int(c.max_new_tokens),
+                                   batch_size=int(c.batch_size), progress=True, return_outputs=True,
+                                   return_prompt_states=True)
+        states = np.asarray(jax.block_until_ready(out.prompt_states))
+        error = np.linalg.norm(states - activations, axis=-1) / np.linalg.norm(activations, axis=-1)
+        result |= {"fused_s": time.perf_counter() - start, "fused_responses_same": fused == responses,
+                   "fused_activations_max_rel_error": float(error.max())}
     print(json.dumps(result), flush=True)
     if FLAGS.output:
         np.save(FLAGS.output.replace(".json", "_activations.npy"), activations)
