@@ -22,7 +22,7 @@ from absl import app, flags
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-flags.DEFINE_list("deployments", ["few_shot", "policy", "persona", "terse", "brand"], "deployments to run")
+flags.DEFINE_list("deployments", ["few_shot", "policy", "persona", "terse", "brand", "clinic"], "deployments to run")
 flags.DEFINE_list("held_out", [], "deployments marked held out in the summary")
 flags.DEFINE_string("out", "benchmarks/results/deployments", "results folder")
 flags.DEFINE_string("workdir", "runs/deployments", "training workdirs (collections, checkpoints)")

@@ -111,6 +111,20 @@ def test_choose_setting_holds_the_refusal_tolerance_on_every_harmful_source():
     assert search.choose_setting(pooled_only, tolerances)[0]["setting"] == "eta=8"
 
 
+def test_choose_setting_holds_the_incoherence_tolerance_on_benign_and_harmful_prompts_each():
+    """Behind a prompt gate harmful answers stay as they were, so a benign rise of 8 points reads as
+    4 pooled over as many harmful prompts: the per-kind rule catches it."""
+    tolerances = search.Tolerances(max_refusal_drop=0.05, max_incoherence_rise=0.05)
+    kinds = lambda b, h: {"benign_incoherent": b, "harmful_incoherent": h}
+    table = [_row(search.UNSTEERED, 0.50, 0.40, 0.05) | kinds(0.05, 0.05),
+             _row("eta=8", 0.80, 0.40, 0.09) | kinds(0.13, 0.05),  # benign +8, pooled +4
+             _row("eta=4", 0.70, 0.40, 0.07) | kinds(0.09, 0.05)]  # benign +4
+    row, reason = search.choose_setting(table, tolerances)
+    assert row["setting"] == "eta=4", reason
+    pooled_only = [{k: v for k, v in r.items() if k not in kinds(0, 0)} for r in table]
+    assert search.choose_setting(pooled_only, tolerances)[0]["setting"] == "eta=8"
+
+
 def test_choose_setting_on_a_hand_made_table():
     tolerances = search.Tolerances(max_refusal_drop=0.05, max_incoherence_rise=0.05)
     table = [_row(search.UNSTEERED, 0.50, 0.40, 0.02),

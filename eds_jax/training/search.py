@@ -15,7 +15,8 @@ the grid's edge when the best sits on it. `next_values` is the pure rule, testab
 `choose_setting` keeps the setting that maximises benign helpfulness, subject to
   - harmful refusal falling by at most `max_refusal_drop` below the unsteered rate, pooled and on
     each harmful validation source (when the sweep knows the sources), and
-  - incoherence (over all validation responses) rising by at most `max_incoherence_rise`;
+  - incoherence rising by at most `max_incoherence_rise`, over all validation responses and on
+    the benign and the harmful ones each;
 when no steered setting satisfies both and beats the unsteered helpfulness, it keeps the unsteered
 setting and says why.
 """
@@ -296,14 +297,18 @@ class Tolerances:
 
 def feasible(row: dict, base: dict, tolerances: Tolerances) -> bool:
     """Whether `row` keeps harmful refusal (pooled and on every source `base` knows) and coherence
-    within the tolerances of the unsteered `base` row."""
+    (pooled and on each kind of prompt `base` knows) within the tolerances of the unsteered `base`
+    row. Coherence per kind: behind a prompt gate the harmful prompts are never steered, so their
+    unchanged answers would dilute a benign rise in the pooled rate."""
     floor = lambda rate: rate - tolerances.max_refusal_drop - 1e-12
+    ceiling = lambda rate: rate + tolerances.max_incoherence_rise + 1e-12
     per_source = base.get("harmful_refusal_by_source") or {}
+    kinds = [k for k in ("incoherent", "benign_incoherent", "harmful_incoherent") if k in base]
     return (not row.get("screened_out")
             and row["harmful_refusal"] >= floor(base["harmful_refusal"])
             and all(row["harmful_refusal_by_source"][name] >= floor(rate)
                     for name, rate in per_source.items())
-            and row["incoherent"] <= base["incoherent"] + tolerances.max_incoherence_rise + 1e-12)
+            and all(row[k] <= ceiling(base[k]) for k in kinds))
 
 
 def choose_setting(table: Sequence[dict], tolerances: Tolerances) -> tuple[dict, str]:
