@@ -1,0 +1,64 @@
+"""How far the prompt gate reaches on the test sets: of the prompts an evaluation answered unsteered,
+how many of each kind and outcome (benign refused = a false refusal, harmful refused = a true one)
+the saved gate opens. Separates "the gate kept steering away" from "the steps did not move the
+answer" when EDS removes few refusals.
+
+  python benchmarks/gate_reach.py --pair=clinic:runs/deployments_gate/clinic/ebms:runs/suite_gate/clinic
+"""
+import collections
+import json
+import os
+import sys
+
+from absl import app, flags
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+flags.DEFINE_multi_string("pair", [], "NAME:EBMS_DIR:EVAL_DIR (EVAL_DIR holds the evaluation's responses.jsonl)")
+flags.DEFINE_integer("batch_size", 32, "prompts per forward pass")
+FLAGS = flags.FLAGS
+
+
+def gate_reach(pre, saved, rows: list[dict], batch_size: int) -> dict:
+    """{"KIND OUTCOME": [opened, n]} over the baseline rows of benign and harmful sets."""
+    from eds_jax.core.decoding import chat_prompts
+    from eds_jax.core.gate import prompt_states
+
+    base = [r for r in rows if r["method"] == "baseline" and r["kind"] in ("benign", "harmful")]
+    opened = []
+    for i in range(0, len(base), batch_size):
+        prompts = [r["prompt"] for r in base[i:i + batch_size]]
+        batch = pre.tokenizer(chat_prompts(pre.tokenizer, prompts, system=saved.system),
+                              return_tensors="np", padding=True, add_special_tokens=False)
+        opened.extend(saved.gate.opens(prompt_states(pre, batch["input_ids"], batch["attention_mask"],
+                                                     saved.gate.layer)))
+    counts = collections.defaultdict(lambda: [0, 0])
+    for row, is_open in zip(base, opened):
+        key = f"{row['kind']} {row['outcome']}"
+        counts[key][0] += int(is_open)
+        counts[key][1] += 1
+    return dict(sorted(counts.items()))
+
+
+def main(argv):
+    del argv
+    import models
+    import eds_jax
+
+    if not FLAGS.pair:
+        raise app.UsageError("give at least one --pair=NAME:EBMS_DIR:EVAL_DIR")
+    pre = models.load_pretrained(models.smollm2_gguf_path(), dtype="float32")
+    for pair in FLAGS.pair:
+        name, ebms, eval_dir = pair.split(":")
+        saved = eds_jax.load_steering(ebms)
+        if saved.gate is None:
+            raise app.UsageError(f"{ebms} holds no prompt gate")
+        with open(os.path.join(eval_dir, "responses.jsonl")) as f:
+            rows = [json.loads(line) for line in f]
+        reach = gate_reach(pre, saved, rows, FLAGS.batch_size)
+        print(f"{name}: gate opens " + ", ".join(f"{k} {o}/{n}" for k, (o, n) in reach.items()), flush=True)
+
+
+if __name__ == "__main__":
+    app.run(main)
