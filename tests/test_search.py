@@ -133,6 +133,10 @@ def test_run_search_screens_refines_and_merges(monkeypatch):
     # selectivity: of the 10 benign and 6 harmful unsteered refusals, the chosen setting removed 8 benign ones
     assert best["refusals_removed"] == {"benign": [8, 10], "harmful": [0, 6]}
     assert "| 8/10 / 0/6 | yes |" in search.markdown_table(table, best["setting"])
+    # its paired evidence: 8 benign prompts became helpful, none stopped being (p = 1/256)
+    assert best["benign_helpful_gained_lost"] == [8, 0]
+    assert "8 benign validation prompts became helpful and 0 stopped being (sign test p = 0.0039)" in reason
+    assert "within the noise" not in reason
     assert calls[0] == 30  # the unsteered run on every prompt, then screens of 15 prompts per value
     assert calls[1] == 15 * 5
 
@@ -144,3 +148,13 @@ def test_deployments_resolve_by_name():
     assert len(deployment.DEPLOYMENTS) >= 4 and len(set(deployment.DEPLOYMENTS.values())) == len(deployment.DEPLOYMENTS)
     with pytest.raises(ValueError, match="'deployment:nope' names no deployment"):
         deployment.resolve_system("deployment:nope")
+
+
+def test_sign_test_and_the_weak_gain_warning():
+    assert search.sign_test(5, 0) == 1 / 32 and search.sign_test(3, 2) == 0.5 and search.sign_test(0, 0) == 1.0
+    assert search.sign_test(8, 2) == pytest.approx(56 / 1024)
+    weak = dict(BASE, setting="v=0.1", benign_helpful=0.55, benign_helpful_gained_lost=[3, 1])
+    row, reason = search.choose_setting([BASE, weak], TOL)
+    assert row is weak and "(sign test p = 0.31): a gain this small is within the noise" in reason
+    strong = dict(weak, benign_helpful_gained_lost=[6, 0])
+    assert "within the noise" not in search.choose_setting([BASE, strong], TOL)[1]

@@ -18,11 +18,14 @@ the grid's edge when the best sits on it. `next_values` is the pure rule, testab
   - incoherence rising by at most `max_incoherence_rise`, over all validation responses and on
     the benign and the harmful ones each;
 when no steered setting satisfies both and beats the unsteered helpfulness, it keeps the unsteered
-setting and says why.
+setting and says why. Its reason gives the chosen setting's paired evidence (benign validation
+prompts that became helpful and that stopped being, a sign test) and flags a gain within the noise:
+the best of many settings on a few prompts is optimistic.
 """
 from __future__ import annotations
 
 import dataclasses
+import math
 from typing import Callable, Optional, Sequence
 
 import numpy as np
@@ -60,6 +63,9 @@ def _row(setting: dict, judged: Judged, kinds: np.ndarray, sources: Optional[np.
         removed = before & (np.asarray(judged.outcomes) != REFUSAL)
         row["refusals_removed"] = {kind: [int(removed[kinds == kind].sum()), int(before[kinds == kind].sum())]
                                    for kind in ("benign", "harmful")}
+        # the paired evidence behind a gain: benign prompts that became helpful, and that stopped being
+        was, now = (np.asarray(o)[benign] == HELPFUL for o in (base.outcomes, judged.outcomes))
+        row["benign_helpful_gained_lost"] = [int((now & ~was).sum()), int((was & ~now).sum())]
     for kind, indices in (("benign", benign), ("harmful", harmful)):
         if indices.size:
             rates = judged.rates(indices)
@@ -329,7 +335,30 @@ def choose_setting(table: Sequence[dict], tolerances: Tolerances) -> tuple[dict,
     return best, (f"{best['setting']}: benign helpful {base['benign_helpful']:.1%} -> "
                   f"{best['benign_helpful']:.1%}, harmful refusal {base['harmful_refusal']:.1%} -> "
                   f"{best['harmful_refusal']:.1%}, incoherent {base['incoherent']:.1%} -> "
-                  f"{best['incoherent']:.1%}")
+                  f"{best['incoherent']:.1%}" + evidence(best))
+
+
+def sign_test(gained: int, lost: int) -> float:
+    """One-sided exact sign test: P(at least `gained` of the gained + lost changed prompts are gains
+    | gains and losses equally likely)."""
+    n = gained + lost
+    return sum(math.comb(n, k) for k in range(gained, n + 1)) / 2 ** n if n else 1.0
+
+
+def evidence(row: dict) -> str:
+    """How far a chosen row's validation gain is from noise: its paired gains and losses, the sign
+    test's p-value, and a warning when it is weak. The best of many settings on a few prompts is an
+    optimistic estimate; this says how optimistic, without changing the choice."""
+    if "benign_helpful_gained_lost" not in row:
+        return ""
+    gained, lost = row["benign_helpful_gained_lost"]
+    p = sign_test(gained, lost)
+    note = (f"; {gained} benign validation prompts became helpful and {lost} stopped being "
+            f"(sign test p = {p:.2g})")
+    if p > 0.05:
+        note += (": a gain this small is within the noise of these prompts; check it on more "
+                 "(sweep.benign) before relying on it")
+    return note
 
 
 def markdown_table(table: Sequence[dict], chosen: str) -> str:
