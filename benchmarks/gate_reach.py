@@ -22,17 +22,12 @@ FLAGS = flags.FLAGS
 
 def gate_reach(pre, saved, rows: list[dict], batch_size: int) -> dict:
     """{"KIND OUTCOME": [opened, n]} over the baseline rows of benign and harmful sets."""
-    from eds_jax.core.decoding import chat_prompts
-    from eds_jax.core.gate import prompt_states
+    from eds_jax.training.collect import last_token_activations
 
     base = [r for r in rows if r["method"] == "baseline" and r["kind"] in ("benign", "harmful")]
-    opened = []
-    for i in range(0, len(base), batch_size):
-        prompts = [r["prompt"] for r in base[i:i + batch_size]]
-        batch = pre.tokenizer(chat_prompts(pre.tokenizer, prompts, system=saved.system),
-                              return_tensors="np", padding=True, add_special_tokens=False)
-        opened.extend(saved.gate.opens(prompt_states(pre, batch["input_ids"], batch["attention_mask"],
-                                                     saved.gate.layer)))
+    states = last_token_activations(pre, [r["prompt"] for r in base], saved.system, batch_size,
+                                    progress=False)
+    opened = saved.gate.opens(states[:, saved.gate.layer])
     counts = collections.defaultdict(lambda: [0, 0])
     for row, is_open in zip(base, opened):
         key = f"{row['kind']} {row['outcome']}"
