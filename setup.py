@@ -28,6 +28,6 @@ setup(
     extras_require={
         "gguf": ["gguf>=0.10"],
         # the CPU build of torch lies on disk; any other spec downloads GBs
-        "test": ["torch==2.13.0", "accelerate>=1.0", "pytest>=8", "gguf>=0.10"],
+        "test": ["torch==2.13.0", "accelerate>=1.0", "pytest>=8", "pytest-xdist>=3.5", "gguf>=0.10"],
     },
 )

@@ -1,6 +1,8 @@
 """Shared fixtures: tiny random transformers checkpoints and the real SmolLM2 GGUF."""
 import os
+import shutil
 import sys
+import tempfile
 
 import numpy as np
 import pytest
@@ -8,6 +10,24 @@ import pytest
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 PUBLIC_DATA = os.path.join(ROOT, "eds_jax", "datasets", "public")  # what the package ships
+_OWN_JIT_CACHE = []
+
+
+def pytest_configure(config):
+    """One JAX persistent compilation cache for the run: many tests start `steer_decode.py`,
+    `train_ebm.py` or `evaluate` in subprocesses that compile the same SmolLM2 decode loop; through
+    the environment, pytest-xdist's workers and every subprocess share it. A cache the caller set is
+    used as is; ours is removed at the end."""
+    if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
+        directory = tempfile.mkdtemp(prefix="eds-jax-tests-jit-")
+        _OWN_JIT_CACHE.append(directory)
+        os.environ["JAX_COMPILATION_CACHE_DIR"] = directory
+        os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
+
+
+def pytest_unconfigure(config):
+    for directory in _OWN_JIT_CACHE:
+        shutil.rmtree(directory, ignore_errors=True)
 
 
 def make_checkpoint(directory, family="llama", dtype="float32", seed=0, max_shard_size=None, **overrides):
