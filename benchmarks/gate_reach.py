@@ -36,16 +36,31 @@ def gate_reach(pre, saved, rows: list[dict], batch_size: int) -> dict:
     return dict(sorted(counts.items()))
 
 
-def main(argv):
-    del argv
+def parse_pairs(pairs: list[str]) -> list[tuple[str, str, str]]:
+    """NAME:EBMS_DIR:EVAL_DIR triples, every directory checked before the model loads."""
+    if not pairs:
+        raise app.UsageError("give at least one --pair=NAME:EBMS_DIR:EVAL_DIR")
+    parsed = []
+    for pair in pairs:
+        parts = pair.split(":")
+        if len(parts) != 3 or not all(parts):
+            raise app.UsageError(f"--pair={pair!r}: expected NAME:EBMS_DIR:EVAL_DIR")
+        name, ebms, eval_dir = parts
+        if not os.path.isdir(ebms):
+            raise FileNotFoundError(f"--pair={pair!r}: EBM directory {ebms!r} does not exist")
+        if not os.path.isfile(os.path.join(eval_dir, "responses.jsonl")):
+            raise FileNotFoundError(f"--pair={pair!r}: {eval_dir!r} holds no responses.jsonl")
+        parsed.append((name, ebms, eval_dir))
+    return parsed
+
+
+def run():
     import models
     import eds_jax
 
-    if not FLAGS.pair:
-        raise app.UsageError("give at least one --pair=NAME:EBMS_DIR:EVAL_DIR")
+    pairs = parse_pairs(FLAGS.pair)
     pre = models.load_pretrained(models.smollm2_gguf_path(), dtype="float32")
-    for pair in FLAGS.pair:
-        name, ebms, eval_dir = pair.split(":")
+    for name, ebms, eval_dir in pairs:
         saved = eds_jax.load_steering(ebms)
         if saved.gate is None:
             raise app.UsageError(f"{ebms} holds no prompt gate")
@@ -56,4 +71,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    from eds_jax.cli import absl_main
+    app.run(absl_main(run))
