@@ -36,36 +36,33 @@ def gate_reach(pre, saved, rows: list[dict], batch_size: int) -> dict:
     return dict(sorted(counts.items()))
 
 
-def parse_pairs(pairs: list[str]) -> list[tuple[str, str, str]]:
-    """NAME:EBMS_DIR:EVAL_DIR triples, every directory checked before the model loads."""
+def read_pairs(pairs: list[str]) -> list[tuple[str, object, list[dict]]]:
+    """(name, saved steering, evaluation rows) per NAME:EBMS_DIR:EVAL_DIR, all read before the
+    model loads, so a bad pair fails at once."""
+    import eds_jax
+
     if not pairs:
         raise app.UsageError("give at least one --pair=NAME:EBMS_DIR:EVAL_DIR")
-    parsed = []
+    read = []
     for pair in pairs:
         parts = pair.split(":")
         if len(parts) != 3 or not all(parts):
             raise app.UsageError(f"--pair={pair!r}: expected NAME:EBMS_DIR:EVAL_DIR")
         name, ebms, eval_dir = parts
-        if not os.path.isdir(ebms):
-            raise FileNotFoundError(f"--pair={pair!r}: EBM directory {ebms!r} does not exist")
-        if not os.path.isfile(os.path.join(eval_dir, "responses.jsonl")):
-            raise FileNotFoundError(f"--pair={pair!r}: {eval_dir!r} holds no responses.jsonl")
-        parsed.append((name, ebms, eval_dir))
-    return parsed
-
-
-def run():
-    import models
-    import eds_jax
-
-    pairs = parse_pairs(FLAGS.pair)
-    pre = models.load_pretrained(models.smollm2_gguf_path(), dtype="float32")
-    for name, ebms, eval_dir in pairs:
         saved = eds_jax.load_steering(ebms)
         if saved.gate is None:
             raise app.UsageError(f"{ebms} holds no prompt gate")
         with open(os.path.join(eval_dir, "responses.jsonl")) as f:
-            rows = [json.loads(line) for line in f]
+            read.append((name, saved, [json.loads(line) for line in f]))
+    return read
+
+
+def run():
+    import models
+
+    pairs = read_pairs(FLAGS.pair)
+    pre = models.load_pretrained(models.smollm2_gguf_path(), dtype="float32")
+    for name, saved, rows in pairs:
         reach = gate_reach(pre, saved, rows, FLAGS.batch_size)
         print(f"{name}: gate opens " + ", ".join(f"{k} {o}/{n}" for k, (o, n) in reach.items()), flush=True)
 
