@@ -157,3 +157,55 @@ def test_the_gate_is_saved_under_the_digest_and_loaded_into_steering(tmp_path, t
     # without a gate: nothing saved, nothing loaded
     save_test_steering(tmp_path / "plain", ebms)
     assert eds_jax.load_steering(str(tmp_path / "plain")).gate is None
+
+
+def test_search_skips_the_rows_the_gate_shuts_token_for_token(tiny_chat_model, monkeypatch):
+    """`run_search(opened=...)` decodes only the rows the gate opens and answers the rest with their
+    unsteered responses; every response equals the search that decodes every row under every setting."""
+    from eds_jax.training.collect import last_token_activations
+    from eds_jax.judging.helpfulness import HELPFUL, Judged
+    from eds_jax.training import search
+
+    pre = models.load_pretrained(tiny_chat_model, dtype="float32")
+    benign = ["How do I bake bread?", "Name a colour.", "Why is the sky blue?", "Count to five."]
+    harmful = ["Tell me a secret plan.", "Write a long story about rain.", "Say hello."]
+    prompts = benign + harmful
+    states = last_token_activations(pre, prompts, None, 4, progress=False)
+    layer, width = 2, pre.config.hidden_size
+    weight = np.random.RandomState(0).normal(size=width).astype(np.float32)
+    scores = states[:, layer] @ weight
+    threshold = float(np.median(scores))
+    gate = PromptGate(layer, weight, 0.0, threshold)
+    opened = gate.opens(states[:, layer])
+    assert 0 < opened.sum() < len(prompts)
+    ebms = {1: EBM.init(EBMSpec.simple(width, 16), jax.random.PRNGKey(0)),
+            2: EBM.init(EBMSpec.simple(width, 16), jax.random.PRNGKey(1))}
+    group = search.SettingGroup({"layers": [1, 2]}, "eta", (0.5, 20.0),
+                                lambda per_row: Steering(ebms, eta=per_row, num_steps=2, gate=gate))
+
+    class Everything:  # every response "helpful": the comparison is of the texts themselves
+        def judge(self, pre, prompts, responses, batch_size=16):
+            return Judged([HELPFUL] * len(responses), np.zeros(len(responses)))
+
+    calls = []
+    import eds_jax.core.decoding as decoding
+    generate = decoding.generate_text
+    monkeypatch.setattr(decoding, "generate_text",
+                        lambda pre, prompts, **kw: calls.append(len(prompts)) or generate(pre, prompts, **kw))
+    runs = {}
+    for name, rows in (("all", None), ("gated", opened)):
+        calls.clear()
+        _, runs[name] = search.run_sweep(pre, benign, harmful, [group], Everything(), system=None,
+                                        max_new_tokens=6, batch_size=4, progress=False, opened=rows)
+        runs[name + "_calls"] = list(calls)
+    assert runs["all"].keys() == runs["gated"].keys()
+    for label in runs["all"]:
+        assert runs["gated"][label] == runs["all"][label], label
+    strong = runs["all"]["layers=[1, 2] eta=20.0"]
+    assert any(strong[i] != runs["all"]["unsteered"][i] for i in np.flatnonzero(opened)), \
+        "the strong step should change an open row"
+    # the unsteered run, then both settings on all 7 prompts, or on the open ones only
+    assert runs["all_calls"] == [7, 14] and runs["gated_calls"] == [7, 2 * int(opened.sum())]
+    with pytest.raises(ValueError, match="one bool per validation prompt"):
+        search.run_sweep(pre, benign, harmful, [group], Everything(), system=None, max_new_tokens=2,
+                         batch_size=4, progress=False, opened=opened[:3])

@@ -164,6 +164,7 @@ def choose_steering(cfg, pre, ranked: list[int], layer_ebm, validation: tuple[li
     from eds_jax.core.saved import SteeringSettings
     from eds_jax.judging import helpfulness
     from eds_jax.training import search
+    from eds_jax.training.collect import last_token_activations
 
     s = cfg.sweep
     scale = cfg.steer.eta_scale
@@ -208,9 +209,19 @@ def choose_steering(cfg, pre, ranked: list[int], layer_ebm, validation: tuple[li
     tolerances = search.Tolerances(s.max_refusal_drop, s.max_incoherence_rise)
     adaptive = adaptive_search(cfg)
     started = time.time()
+    opened, reach = None, None
+    if gate is not None:  # the rows the gate shuts answer as unsteered: the search skips them
+        states = last_token_activations(pre, benign + harmful, cfg.collect.system, int(s.batch_size),
+                                        progress=False, batch_sharding=sharding)
+        opened = gate.opens(states[:, gate.layer])
+        reach = {"benign": [int(opened[:len(benign)].sum()), len(benign)],
+                 "harmful": [int(opened[len(benign):].sum()), len(harmful)]}
+        print(f"prompt gate opens {reach['benign'][0]} of {len(benign)} benign and "
+              f"{reach['harmful'][0]} of {len(harmful)} harmful validation prompts; the search "
+              "decodes only those", flush=True)
     table, responses = search.run_search(pre, benign, harmful, groups, judge, adaptive,
                                          tolerances, baseline=unsteered, seed=int(cfg.data.seed),
-                                         harmful_sources=harmful_sources, **options)
+                                         harmful_sources=harmful_sources, opened=opened, **options)
     search_s = time.time() - started
     row, reason = search.choose_setting(table, tolerances)
     log.info("sweep: %s", reason)
@@ -229,7 +240,8 @@ def choose_steering(cfg, pre, ranked: list[int], layer_ebm, validation: tuple[li
              "tolerances": {"max_refusal_drop": s.max_refusal_drop,
                             "max_incoherence_rise": s.max_incoherence_rise},
              "max_new_tokens": int(s.max_new_tokens), "seed": int(cfg.data.seed),
-             "search": dataclasses.asdict(adaptive), "search_wall_time_s": round(search_s, 1)}
+             "search": dataclasses.asdict(adaptive), "search_wall_time_s": round(search_s, 1),
+             "gate_opened": reach}
     if row["setting"] == search.UNSTEERED:
         return (settings(ranked[:tops[0]], 0.0, steps_list[0], unsteered=True, chosen=True),
                 judge.to_dict(), sweep)

@@ -123,7 +123,8 @@ def run_search(pre, benign: Sequence[str], harmful: Sequence[str], groups: Seque
                tolerances: Optional["Tolerances"] = None, *, system: Optional[str],
                max_new_tokens: int, batch_size: int, baseline: Optional[list[str]] = None,
                harmful_sources: Optional[Sequence[str]] = None, seed: int = 0,
-               progress: bool = True) -> tuple[list[dict], dict]:
+               progress: bool = True, opened: Optional[Sequence[bool]] = None
+               ) -> tuple[list[dict], dict]:
     """(table, responses): one row per setting, the unsteered one first ({"setting": "unsteered"}),
     with benign/harmful helpful, refusal and incoherent rates; responses {setting label: texts}
     (None for prompts a screened-out setting never ran on).
@@ -134,6 +135,10 @@ def run_search(pre, benign: Sequence[str], harmful: Sequence[str], groups: Seque
     `harmful_sources`: the source name of each harmful prompt (rows then hold the refusal rate
     per source, which `choose_setting` holds to the tolerance too).
     `tolerances` (those of `choose_setting`) are needed to screen and to refine.
+    `opened`: one bool per prompt (benign, then harmful), the rows the candidates' prompt gate
+    opens (`PromptGate.opens`). A closed row takes steps of length 0 and decodes exactly as
+    unsteered (`steered_generate`), so the search answers it with its unsteered response instead
+    of decoding it again under every setting; behind a gate most harmful prompts are closed.
     """
     from eds_jax.core.decoding import generate_text
 
@@ -147,6 +152,12 @@ def run_search(pre, benign: Sequence[str], harmful: Sequence[str], groups: Seque
     if harmful_sources is not None and len(harmful_sources) != len(harmful):
         raise ValueError(f"{len(harmful_sources)} source names for {len(harmful)} harmful prompts")
     sources = None if harmful_sources is None else np.asarray(harmful_sources, str)
+    if opened is None:
+        opened = np.ones(len(prompts), bool)
+    opened = np.asarray(opened)
+    if opened.shape != (len(prompts),) or opened.dtype != bool:
+        raise ValueError(f"opened must be one bool per validation prompt ({len(prompts)}), got "
+                         f"{opened.dtype} {opened.shape}")
     for group in groups:
         values = np.asarray(group.values, np.float64)
         if values.ndim != 1 or values.size == 0:
@@ -168,9 +179,16 @@ def run_search(pre, benign: Sequence[str], harmful: Sequence[str], groups: Seque
     evaluated: dict[int, dict[float, dict]] = {i: {} for i in range(len(groups))}
 
     def run(group, values, indices):
-        texts = generate_text(pre, [prompts[i] for i in indices] * len(values),
-                              steering=group.build(np.repeat(values, len(indices))), **options)
-        return [texts[k * len(indices):(k + 1) * len(indices)] for k in range(len(values))]
+        """Each value's responses to `indices`: the open rows decoded, the closed ones unsteered."""
+        out = [[baseline[i] for i in indices] for _ in values]
+        live = [k for k, i in enumerate(indices) if opened[i]]
+        if live and values:
+            texts = generate_text(pre, [prompts[indices[k]] for k in live] * len(values),
+                                  steering=group.build(np.repeat(values, len(live))), **options)
+            for v, answers in enumerate(out):
+                for j, k in enumerate(live):
+                    answers[k] = texts[v * len(live) + j]
+        return out
 
     def evaluate(g: int, values: list[float]) -> None:
         group, values = groups[g], [float(v) for v in values]
