@@ -163,7 +163,7 @@ def test_search_skips_the_rows_the_gate_shuts_token_for_token(tiny_chat_model, m
     """`run_search(opened=...)` decodes only the rows the gate opens and answers the rest with their
     unsteered responses; every response equals the search that decodes every row under every setting."""
     from eds_jax.training.collect import last_token_activations
-    from eds_jax.judging.helpfulness import HELPFUL, Judged
+    from eds_jax.judging.helpfulness import HELPFUL, INCOHERENT, REFUSAL, Judged
     from eds_jax.training import search
 
     pre = models.load_pretrained(tiny_chat_model, dtype="float32")
@@ -183,9 +183,13 @@ def test_search_skips_the_rows_the_gate_shuts_token_for_token(tiny_chat_model, m
     group = search.SettingGroup({"layers": [1, 2]}, "eta", (0.5, 20.0),
                                 lambda per_row: Steering(ebms, eta=per_row, num_steps=2, gate=gate))
 
-    class Everything:  # every response "helpful": the comparison is of the texts themselves
+    judged = []
+
+    class ByLength:  # an outcome read off each text, so the tables compare real judgements
         def judge(self, pre, prompts, responses, batch_size=16):
-            return Judged([HELPFUL] * len(responses), np.zeros(len(responses)))
+            judged.append(len(responses))
+            outcomes = [(HELPFUL, REFUSAL, INCOHERENT)[len(r) % 3] for r in responses]
+            return Judged(outcomes, np.arange(len(responses), dtype=np.float64))
 
     calls = []
     import eds_jax.core.decoding as decoding
@@ -194,18 +198,22 @@ def test_search_skips_the_rows_the_gate_shuts_token_for_token(tiny_chat_model, m
                         lambda pre, prompts, **kw: calls.append(len(prompts)) or generate(pre, prompts, **kw))
     runs = {}
     for name, rows in (("all", None), ("gated", opened)):
-        calls.clear()
-        _, runs[name] = search.run_sweep(pre, benign, harmful, [group], Everything(), system=None,
-                                        max_new_tokens=6, batch_size=4, progress=False, opened=rows)
-        runs[name + "_calls"] = list(calls)
+        calls.clear(), judged.clear()
+        runs[name + "_table"], runs[name] = search.run_sweep(
+            pre, benign, harmful, [group], ByLength(), system=None, max_new_tokens=6, batch_size=4,
+            progress=False, opened=rows)
+        runs[name + "_calls"], runs[name + "_judged"] = list(calls), list(judged)
     assert runs["all"].keys() == runs["gated"].keys()
     for label in runs["all"]:
         assert runs["gated"][label] == runs["all"][label], label
     strong = runs["all"]["layers=[1, 2] eta=20.0"]
     assert any(strong[i] != runs["all"]["unsteered"][i] for i in np.flatnonzero(opened)), \
         "the strong step should change an open row"
-    # the unsteered run, then both settings on all 7 prompts, or on the open ones only
+    assert runs["gated_table"] == runs["all_table"]
+    # the unsteered run, then both settings on all 7 prompts, or on the open ones only; the judge
+    # reads each decoded answer once and takes a closed row's unsteered judgement
     assert runs["all_calls"] == [7, 14] and runs["gated_calls"] == [7, 2 * int(opened.sum())]
+    assert runs["all_judged"] == [7, 7, 7] and runs["gated_judged"] == [7] + [int(opened.sum())] * 2
     with pytest.raises(ValueError, match="one bool per validation prompt"):
-        search.run_sweep(pre, benign, harmful, [group], Everything(), system=None, max_new_tokens=2,
+        search.run_sweep(pre, benign, harmful, [group], ByLength(), system=None, max_new_tokens=2,
                          batch_size=4, progress=False, opened=opened[:3])

@@ -190,12 +190,25 @@ def run_search(pre, benign: Sequence[str], harmful: Sequence[str], groups: Seque
                     answers[k] = texts[v * len(live) + j]
         return out
 
+    def judge_at(indices, texts) -> Judged:
+        """`texts` (the answers to `indices`) judged; a closed row's answer is its unsteered one,
+        and so is its judgement."""
+        indices = np.asarray(indices, int)
+        shut = ~opened[indices]
+        live = np.flatnonzero(~shut)
+        if not live.size:
+            return base_judged.take(indices)
+        judged = judge.judge(pre, [prompts[i] for i in indices[live]], [texts[k] for k in live],
+                             batch_size)
+        return judged if not shut.any() else judged.merged(live, base_judged.take(indices[shut]),
+                                                           np.flatnonzero(shut))
+
     def evaluate(g: int, values: list[float]) -> None:
         group, values = groups[g], [float(v) for v in values]
         first = run(group, values, screen)
         kept = []
         for value, texts in zip(values, first):
-            judged = judge.judge(pre, [prompts[i] for i in screen], texts, batch_size)
+            judged = judge_at(screen, texts)
             if rest.size and too_far(_row({}, judged, kinds[screen], None), base_screen,
                                      tolerances, search.screen_margin):
                 setting = record(group, value, texts, [])
@@ -206,8 +219,7 @@ def run_search(pre, benign: Sequence[str], harmful: Sequence[str], groups: Seque
         second = run(group, [v for v, _, _ in kept], rest) if rest.size and kept else [[]] * len(kept)
         for (value, texts, judged), more in zip(kept, second):
             if rest.size:
-                judged = judged.merged(screen, judge.judge(pre, [prompts[i] for i in rest], more,
-                                                           batch_size), rest)
+                judged = judged.merged(screen, judge_at(rest, more), rest)
             setting = record(group, value, texts, more)
             evaluated[g][value] = _row({"setting": setting_label(setting)} | setting, judged, kinds, sources,
                                        base_judged)
