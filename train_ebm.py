@@ -30,7 +30,8 @@ def run(cfg, workdir: str):
     from eds_jax.training.pipeline import train_and_choose
     result = train_and_choose(cfg, workdir)
     print(result.summary)
-    print(f"wall time {result.wall_time_s:.0f} s")
+    phases = ", ".join(f"{name} {seconds:.0f} s" for name, seconds in result.phase_s.items())
+    print(f"wall time {result.wall_time_s:.0f} s ({phases})")
     return result
 
 

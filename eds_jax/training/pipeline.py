@@ -37,6 +37,7 @@ class TrainResult:
     sweep: Optional[dict]
     summary: str
     wall_time_s: float
+    phase_s: dict  # wall seconds per phase: load, collect, train (EBMs, gate), search (the settings)
 
 
 def resolve_model_source(source: str) -> str:
@@ -317,6 +318,13 @@ def train_and_choose(cfg, workdir: str) -> TrainResult:
     # replicated over `data`; collection batches are split over `data`
     pre = models.load_pretrained(source, dtype=cfg.model.dtype,
                                  shardings=lambda config: param_shardings(config, mesh))
+    phase_s, mark = {}, [time.time()]
+
+    def phase(name):  # the wall seconds since the last mark
+        phase_s[name] = round(time.time() - mark[0], 1)
+        mark[0] = time.time()
+
+    phase_s["load"] = round(mark[0] - start, 1)
     train_config = infonce.TrainConfig(cfg.train.epochs, cfg.train.batch_size, cfg.train.learning_rate,
                                        cfg.train.temperature, cfg.train.seed, cfg.train.select_by)
     data = collection_lib.collect(pre, benign, harmful, os.path.join(workdir, "collect"),
@@ -326,6 +334,7 @@ def train_and_choose(cfg, workdir: str) -> TrainResult:
     log.info("label counts: %s", counts)
     print(f"label counts: {counts}")
     collection_lib.check_labels(data)
+    phase("collect")
 
     layers = list(range(pre.config.num_layers))
     result = infonce.train_layers(data.activations, data.labels, layers, spec, train_config,
@@ -340,8 +349,10 @@ def train_and_choose(cfg, workdir: str) -> TrainResult:
     if gate is not None:
         print(f"prompt gate: block {gate.layer}, held-out AUC {gate.info['held_out_auc']}, opens "
               f"{gate.info['held_out_open']} of held-out training prompts")
+    phase("train")
     settings, judge, sweep = choose_steering(cfg, pre, ranked, layer_ebm, validation, workdir=workdir,
                                              sharding=batch_sharding(mesh), data=data, gate=gate)
+    phase("search")
     chosen = list(settings.layers)
     per_layer = {str(layer): {"auc": float(result["metrics"]["auc"][index[layer]]),
                               "sign_accuracy": float(result["metrics"]["sign_accuracy"][index[layer]]),
@@ -373,4 +384,5 @@ def train_and_choose(cfg, workdir: str) -> TrainResult:
                      f"{gate.info['held_out_auc']}, opens {gate.info['held_out_open']}")
     return TrainResult(ebms_dir=ebms_dir, layers=chosen, settings=settings, counts=counts,
                        metrics={k: np.asarray(v).tolist() for k, v in result["metrics"].items()},
-                       sweep=sweep, summary="\n".join(lines), wall_time_s=time.time() - start)
+                       sweep=sweep, summary="\n".join(lines), wall_time_s=time.time() - start,
+                       phase_s=phase_s)
