@@ -20,19 +20,14 @@ import numpy as np
 
 from models.transformer import KVCache
 
-MIN_BUCKET = 16
+MIN_BUCKET = 32
 MIN_PREFIX = 16  # a shorter shared prefix is not worth the extra call
 
 
 def bucket_length(length: int, minimum: int = MIN_BUCKET) -> int:
-    """Lengths are padded up to the next of minimum x (1, 1.5, 2, 3, 4, 6, ...): one compile per
-    bucket. Half-steps between powers of two cap the padding at a third of a bucket instead of
-    half: a user turn behind a shared system prompt is often 10-40 tokens, and padding it to 32 or
-    64 doubled the prefill's work."""
+    """Lengths are padded up to a power of two (at least `minimum`): one compile per bucket."""
     bucket = minimum
     while bucket < length:
-        if bucket * 3 // 2 >= length:
-            return bucket * 3 // 2
         bucket *= 2
     return bucket
 

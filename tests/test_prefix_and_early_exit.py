@@ -88,7 +88,7 @@ def test_prefix_reuse_does_not_recompile_within_buckets(tiny):
     decoding._generate.clear_cache()
     pretrained._prefill_prefix.clear_cache()
     for n in range(20):
-        prefix_length = 33 + n % 16  # 33..48 tokens: all in the 48-token prefix bucket
+        prefix_length = 17 + n % 16  # 17..32 tokens: all in the 32-token prefix bucket
         ids, mask = shared_prefix_batch(tiny.config.vocab_size, prefix_length, [1 + n % 5, 6, 2], seed=n)
         eds_jax.steered_generate(tiny, ids, mask, max_new_tokens=4)
     assert pretrained._prefill_prefix._cache_size() == 1
