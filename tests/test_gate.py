@@ -186,7 +186,7 @@ def test_search_skips_the_rows_the_gate_shuts_token_for_token(tiny_chat_model, m
     judged = []
 
     class ByLength:  # an outcome read off each text, so the tables compare real judgements
-        def judge(self, pre, prompts, responses, batch_size=16):
+        def judge(self, pre, prompts, responses, batch_size=16, nll=None):
             judged.append(len(responses))
             outcomes = [(HELPFUL, REFUSAL, INCOHERENT)[len(r) % 3] for r in responses]
             return Judged(outcomes, np.arange(len(responses), dtype=np.float64))
@@ -211,9 +211,10 @@ def test_search_skips_the_rows_the_gate_shuts_token_for_token(tiny_chat_model, m
         "the strong step should change an open row"
     assert runs["gated_table"] == runs["all_table"]
     # the unsteered run, then both settings on all 7 prompts, or on the open ones only; the judge
-    # reads each decoded answer once and takes a closed row's unsteered judgement
+    # reads each decoded answer once, both settings' in one pass, and takes a closed row's
+    # unsteered judgement
     assert runs["all_calls"] == [7, 14] and runs["gated_calls"] == [7, 2 * int(opened.sum())]
-    assert runs["all_judged"] == [7, 7, 7] and runs["gated_judged"] == [7] + [int(opened.sum())] * 2
+    assert runs["all_judged"] == [7, 14] and runs["gated_judged"] == [7, 2 * int(opened.sum())]
     with pytest.raises(ValueError, match="one bool per validation prompt"):
         search.run_sweep(pre, benign, harmful, [group], ByLength(), system=None, max_new_tokens=2,
                          batch_size=4, progress=False, opened=opened[:3])

@@ -56,6 +56,16 @@ def test_judge_on_hand_made_responses_scored_by_smollm2(smollm2):
     np.testing.assert_allclose(judged.nll[1:4], nll[1:4], rtol=1e-5)
     rates = judged.rates()
     assert rates == {HELPFUL: 0.2, REFUSAL: 0.2, INCOHERENT: 0.6, "n": 5}
+    # scored once, reused: the same judgement and the same calibration as scoring again
+    scores = helpfulness.answer_nll(smollm2, [prompt] * 5, responses, batch_size=4)
+    np.testing.assert_allclose(scores, judged.nll, rtol=1e-5)
+    assert judge.judge(smollm2, [prompt] * 5, responses, nll=scores).outcomes == judged.outcomes
+    unsteered = [own, own, "  ", LOOP, SALAD, own]
+    calibrated = helpfulness.calibrated_judge(smollm2, [prompt] * 6, unsteered, batch_size=4)
+    given = helpfulness.answer_nll(smollm2, [prompt] * 6, unsteered, batch_size=4)
+    assert helpfulness.calibrated_judge(smollm2, [prompt] * 6, unsteered, nll=given) == calibrated
+    with pytest.raises(ValueError, match="2 NLLs for 5 responses"):
+        judge.judge(smollm2, [prompt] * 5, responses, nll=scores[:2])
 
 
 def test_response_nll_matches_a_full_forward(smollm2):

@@ -86,7 +86,7 @@ def test_search_settings_are_checked():
 class FakeJudge:
     """Responses are "helpful", "refusal" or "incoherent" already; the judge reads them."""
 
-    def judge(self, pre, prompts, responses, batch_size=16):
+    def judge(self, pre, prompts, responses, batch_size=16, nll=None):
         assert len(prompts) == len(responses)
         return Judged(list(responses), np.zeros(len(responses)))
 
@@ -158,3 +158,27 @@ def test_sign_test_and_the_weak_gain_warning():
     assert row is weak and "(sign test p = 0.31): a gain this small is within the noise" in reason
     strong = dict(weak, benign_helpful_gained_lost=[6, 0])
     assert "within the noise" not in search.choose_setting([BASE, strong], TOL)[1]
+
+
+def test_run_search_judges_the_baseline_with_the_given_scores(monkeypatch):
+    """`baseline_nll` (the scores that calibrated the judge) reaches the baseline's judgement, so
+    the unsteered answers are not scored twice; without the baseline answers it is refused."""
+    import eds_jax.core.decoding as decoding
+    seen = []
+
+    class Recording(FakeJudge):
+        def judge(self, pre, prompts, responses, batch_size=16, nll=None):
+            seen.append(None if nll is None else list(nll))
+            return super().judge(pre, prompts, responses, batch_size)
+
+    monkeypatch.setattr(decoding, "generate_text",
+                        lambda pre, prompts, steering=None, **_: [HELPFUL] * len(prompts))
+    group = search.SettingGroup({"layers": [1]}, "eta", (0.1,), lambda v: v)
+    baseline, scores = [HELPFUL, REFUSAL, REFUSAL], [1.5, np.nan, np.nan]
+    search.run_search(None, ["b0"], ["h0", "h1"], [group], Recording(), search.GRID, system=None,
+                      max_new_tokens=4, batch_size=8, progress=False, baseline=baseline,
+                      baseline_nll=np.array(scores))
+    assert seen[0] == pytest.approx(scores, nan_ok=True) and seen[1:] == [None]
+    with pytest.raises(ValueError, match="baseline_nll scores given baseline responses"):
+        search.run_search(None, ["b0"], ["h0"], [group], Recording(), search.GRID, system=None,
+                          max_new_tokens=4, batch_size=8, progress=False, baseline_nll=np.zeros(2))

@@ -165,7 +165,6 @@ def choose_steering(cfg, pre, ranked: list[int], layer_ebm, validation: tuple[li
     from eds_jax.core.saved import SteeringSettings
     from eds_jax.judging import helpfulness
     from eds_jax.training import search
-    from eds_jax.training.collect import last_token_activations
 
     s = cfg.sweep
     scale = cfg.steer.eta_scale
@@ -203,25 +202,28 @@ def choose_steering(cfg, pre, ranked: list[int], layer_ebm, validation: tuple[li
         for q in quantiles for steps in steps_list for n in tops]
     options = dict(system=cfg.collect.system, max_new_tokens=int(s.max_new_tokens),
                    batch_size=int(s.batch_size))
-    unsteered = eds_jax.generate_text(pre, benign + harmful, progress=True, batch_sharding=sharding,
-                                      **options)
+    # the unsteered decode's prefill hands back the prompt states the gate reads: no second pass
+    unsteered, outputs = eds_jax.generate_text(pre, benign + harmful, progress=True,
+                                               batch_sharding=sharding, return_outputs=True,
+                                               return_prompt_states=gate is not None, **options)
+    # the unsteered answers are scored once: to calibrate the judge, then as the search's baseline
+    nll = helpfulness.answer_nll(pre, benign + harmful, unsteered, cfg.collect.judge, int(s.batch_size))
     judge = helpfulness.calibrated_judge(pre, benign + harmful, unsteered, cfg.collect.judge,
-                                         s.fluency_quantile, s.fluency_margin, int(s.batch_size))
+                                         s.fluency_quantile, s.fluency_margin, int(s.batch_size), nll=nll)
     tolerances = search.Tolerances(s.max_refusal_drop, s.max_incoherence_rise)
     adaptive = adaptive_search(cfg)
     started = time.time()
     opened, reach = None, None
     if gate is not None:  # the rows the gate shuts answer as unsteered: the search skips them
-        states = last_token_activations(pre, benign + harmful, cfg.collect.system, int(s.batch_size),
-                                        progress=False, batch_sharding=sharding)
-        opened = gate.opens(states[:, gate.layer])
+        opened = gate.opens(np.asarray(outputs.prompt_states)[:, gate.layer])
         reach = {"benign": [int(opened[:len(benign)].sum()), len(benign)],
                  "harmful": [int(opened[len(benign):].sum()), len(harmful)]}
         print(f"prompt gate opens {reach['benign'][0]} of {len(benign)} benign and "
               f"{reach['harmful'][0]} of {len(harmful)} harmful validation prompts; the search "
               "decodes only those", flush=True)
     table, responses = search.run_search(pre, benign, harmful, groups, judge, adaptive,
-                                         tolerances, baseline=unsteered, seed=int(cfg.data.seed),
+                                         tolerances, baseline=unsteered, baseline_nll=nll,
+                                         seed=int(cfg.data.seed),
                                          harmful_sources=harmful_sources, opened=opened, **options)
     search_s = time.time() - started
     row, reason = search.choose_setting(table, tolerances)

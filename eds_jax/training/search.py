@@ -123,15 +123,16 @@ def run_search(pre, benign: Sequence[str], harmful: Sequence[str], groups: Seque
                tolerances: Optional["Tolerances"] = None, *, system: Optional[str],
                max_new_tokens: int, batch_size: int, baseline: Optional[list[str]] = None,
                harmful_sources: Optional[Sequence[str]] = None, seed: int = 0,
-               progress: bool = True, opened: Optional[Sequence[bool]] = None
-               ) -> tuple[list[dict], dict]:
+               progress: bool = True, opened: Optional[Sequence[bool]] = None,
+               baseline_nll: Optional[np.ndarray] = None) -> tuple[list[dict], dict]:
     """(table, responses): one row per setting, the unsteered one first ({"setting": "unsteered"}),
     with benign/harmful helpful, refusal and incoherent rates; responses {setting label: texts}
     (None for prompts a screened-out setting never ran on).
 
     Rows of settings dropped by the screen carry `screened_out: True` and their rates on the
     screening subset; `choose_setting` never picks them.
-    `baseline`: the unsteered responses to benign + harmful, if already generated.
+    `baseline`: the unsteered responses to benign + harmful, if already generated;
+    `baseline_nll`: their `helpfulness.answer_nll`, if already scored (to calibrate the judge).
     `harmful_sources`: the source name of each harmful prompt (rows then hold the refusal rate
     per source, which `choose_setting` holds to the tolerance too).
     `tolerances` (those of `choose_setting`) are needed to screen and to refine.
@@ -168,9 +169,11 @@ def run_search(pre, benign: Sequence[str], harmful: Sequence[str], groups: Seque
                              f"values must be non-zero and share one sign, got {group.values!r}")
     options = dict(system=system, max_new_tokens=max_new_tokens, batch_size=batch_size,
                    progress=progress)
+    if baseline_nll is not None and baseline is None:
+        raise ValueError("baseline_nll scores given baseline responses; pass those too")
     if baseline is None:
         baseline = generate_text(pre, prompts, **options)
-    base_judged = judge.judge(pre, prompts, baseline, batch_size)
+    base_judged = judge.judge(pre, prompts, baseline, batch_size, nll=baseline_nll)
     base = _row({"setting": UNSTEERED}, base_judged, kinds, sources)
     screen = screen_indices(kinds, search.screen_fraction, seed)
     rest = np.setdiff1d(np.arange(len(prompts)), screen)
@@ -190,25 +193,27 @@ def run_search(pre, benign: Sequence[str], harmful: Sequence[str], groups: Seque
                     answers[k] = texts[v * len(live) + j]
         return out
 
-    def judge_at(indices, texts) -> Judged:
-        """`texts` (the answers to `indices`) judged; a closed row's answer is its unsteered one,
-        and so is its judgement."""
+    def judge_at(indices, texts_per_value) -> list[Judged]:
+        """Each value's answers to `indices` judged in one pass (fuller fluency batches than one
+        pass per value); a closed row's answer is its unsteered one, and so is its judgement."""
         indices = np.asarray(indices, int)
-        shut = ~opened[indices]
-        live = np.flatnonzero(~shut)
+        live, shut = np.flatnonzero(opened[indices]), np.flatnonzero(~opened[indices])
         if not live.size:
-            return base_judged.take(indices)
-        judged = judge.judge(pre, [prompts[i] for i in indices[live]], [texts[k] for k in live],
-                             batch_size)
-        return judged if not shut.any() else judged.merged(live, base_judged.take(indices[shut]),
-                                                           np.flatnonzero(shut))
+            return [base_judged.take(indices) for _ in texts_per_value]
+        judged = judge.judge(pre, [prompts[i] for i in indices[live]] * len(texts_per_value),
+                             [texts[k] for texts in texts_per_value for k in live], batch_size)
+        parts = [judged.take(range(v * live.size, (v + 1) * live.size))
+                 for v in range(len(texts_per_value))]
+        if not shut.size:
+            return parts
+        closed = base_judged.take(indices[shut])
+        return [part.merged(live, closed, shut) for part in parts]
 
     def evaluate(g: int, values: list[float]) -> None:
         group, values = groups[g], [float(v) for v in values]
         first = run(group, values, screen)
         kept = []
-        for value, texts in zip(values, first):
-            judged = judge_at(screen, texts)
+        for value, texts, judged in zip(values, first, judge_at(screen, first)):
             if rest.size and too_far(_row({}, judged, kinds[screen], None), base_screen,
                                      tolerances, search.screen_margin):
                 setting = record(group, value, texts, [])
@@ -217,9 +222,10 @@ def run_search(pre, benign: Sequence[str], harmful: Sequence[str], groups: Seque
             else:
                 kept.append((value, texts, judged))
         second = run(group, [v for v, _, _ in kept], rest) if rest.size and kept else [[]] * len(kept)
-        for (value, texts, judged), more in zip(kept, second):
+        judged_rest = judge_at(rest, second) if rest.size and kept else [None] * len(kept)
+        for (value, texts, judged), more, more_judged in zip(kept, second, judged_rest):
             if rest.size:
-                judged = judged.merged(screen, judge_at(rest, more), rest)
+                judged = judged.merged(screen, more_judged, rest)
             setting = record(group, value, texts, more)
             evaluated[g][value] = _row({"setting": setting_label(setting)} | setting, judged, kinds, sources,
                                        base_judged)
