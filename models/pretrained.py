@@ -28,6 +28,9 @@ class Pretrained:
     tokenizer: Any
     dtype: str
     source: str
+    # plain system-prompt prefixes already prefilled ({tokens: (params, SharedPrefix)}): every batch
+    # of a run behind one system prompt shares its keys and values (`prefill_prefix`)
+    prefixes: dict = dataclasses.field(default_factory=dict, repr=False, compare=False)
 
     @property
     def family(self) -> str:
@@ -229,17 +232,30 @@ def _prefill_prefix(params, ids, mask, intervention, *, config, dtype) -> Shared
     return SharedPrefix(out.kv_cache, mask.astype(bool), jnp.sum(mask[0]).astype(jnp.int32))
 
 
+PREFIX_CACHE_SIZE = 4
+
+
 def prefill_prefix(pre: Pretrained, prefix_ids, intervention: Optional[Intervention] = None,
                    rows: int = 1) -> SharedPrefix:
     """The keys and values of `prefix_ids` [P] (left-padded to a length bucket: one compile per
     bucket), for `rows` rows. `intervention` applies over the prefix (see `prefix_intervention`);
-    give rows = B when it has one setting per batch row."""
+    give rows = B when it has one setting per batch row. A plain prefix (no intervention, one row)
+    is computed once per model and reused while `pre.params` is the same object."""
     prefix_ids = np.asarray(prefix_ids, np.int32)
     if prefix_ids.ndim != 1 or not prefix_ids.size:
         raise ValueError(f"prefix_ids must be a non-empty 1-D token array, got shape {prefix_ids.shape}")
+    plain = intervention is None and rows == 1
+    key = prefix_ids.tobytes()
+    if plain and key in pre.prefixes and pre.prefixes[key][0] is pre.params:
+        return pre.prefixes[key][1]
     ids = np.repeat(prefix_ids[None], rows, axis=0)
     ids, mask = pad_to_bucket(ids, np.ones_like(ids), pre.pad_token_id, bucket_length(prefix_ids.size))
-    return _prefill_prefix(pre.params, ids, mask, intervention, config=pre.config, dtype=pre.dtype)
+    prefix = _prefill_prefix(pre.params, ids, mask, intervention, config=pre.config, dtype=pre.dtype)
+    if plain:  # kept for the next batch; a few prefixes at most (the params they were made with)
+        while len(pre.prefixes) >= PREFIX_CACHE_SIZE:
+            pre.prefixes.pop(next(iter(pre.prefixes)))
+        pre.prefixes[key] = (pre.params, prefix)
+    return prefix
 
 
 def _checked_batch(pre: Pretrained, input_ids, attention_mask):
@@ -277,6 +293,25 @@ def forward(pre: Pretrained, input_ids, attention_mask=None, output_hidden_state
                    dtype=pre.dtype, output_hidden_states=output_hidden_states,
                    num_logits=None if output_logits else 0)
     return out._replace(kv_cache=None)
+
+
+def block_input_at_last(pre: Pretrained, input_ids, attention_mask=None, layer: int = 0,
+                        prefix: Optional[SharedPrefix] = None) -> jax.Array:
+    """float32 [B, D]: the input of block `layer` at each row's last position (no intervention).
+    Only blocks below `layer` run: what the prompt gate reads costs a fraction of a forward."""
+    input_ids, attention_mask = _checked_batch(pre, input_ids, attention_mask)
+    if not 0 <= layer <= pre.config.num_layers:
+        raise ValueError(f"layer must be in [0, {pre.config.num_layers}], got {layer}")
+    return _block_input_at_last(pre.params, input_ids, attention_mask, prefix, config=pre.config,
+                                dtype=pre.dtype, layer=int(layer))
+
+
+@functools.partial(jax.jit, static_argnames=("config", "dtype", "layer"))
+def _block_input_at_last(params, input_ids, attention_mask, prefix, *, config, dtype, layer):
+    # the later blocks' outputs are unused, so XLA drops them
+    out = _forward(params, input_ids, attention_mask, None, prefix, config=config, dtype=dtype,
+                   output_hidden_states=True, num_logits=0)
+    return out.hidden_states[layer][:, -1].astype(jnp.float32)
 
 
 def last_token_logits(pre: Pretrained, input_ids, attention_mask=None,

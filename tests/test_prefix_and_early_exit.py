@@ -105,6 +105,49 @@ def test_forward_after_a_prefix_gives_the_full_forward_states(tiny):
         np.testing.assert_allclose(np.asarray(b)[:, -1], np.asarray(a)[:, -1], rtol=1e-5, atol=1e-5)
     np.testing.assert_allclose(np.asarray(part.logits)[:, -1], np.asarray(full.logits)[:, -1],
                                rtol=1e-5, atol=1e-5)
+    # what the prompt gate reads: one block's input at the last token, only the blocks below it run
+    for layer in (0, 1, tiny.config.num_layers):
+        for got in (models.block_input_at_last(tiny, ids, mask, layer),
+                    models.block_input_at_last(tiny, suffix, suffix_mask, layer, prefix)):
+            np.testing.assert_allclose(np.asarray(got), np.asarray(full.hidden_states[layer])[:, -1],
+                                       rtol=1e-5, atol=1e-5)
+    with pytest.raises(ValueError, match="layer must be in"):
+        models.block_input_at_last(tiny, ids, mask, tiny.config.num_layers + 1)
+
+
+def test_a_plain_prefix_is_prefilled_once_per_model(tiny, monkeypatch):
+    """Batches behind one system prompt reuse its keys and values: `prefill_prefix` runs the model
+    once per prefix and per params object; an intervention over the prefix or new params recompute."""
+    calls = []
+    compute = pretrained._prefill_prefix
+    monkeypatch.setattr(pretrained, "_prefill_prefix", lambda *a, **k: calls.append(1) or compute(*a, **k))
+    pre = dataclasses.replace(tiny, prefixes={})
+    ids, mask = shared_prefix_batch(tiny.config.vocab_size, 33, [5, 2, 9], seed=7)
+    prefix_ids = prefix_cache.split_shared_prefix(ids, mask)[0]
+    first = models.prefill_prefix(pre, prefix_ids)
+    assert models.prefill_prefix(pre, prefix_ids) is first and len(calls) == 1
+    models.prefill_prefix(pre, prefix_ids[:-1])
+    assert len(calls) == 2  # another prefix
+    models.prefill_prefix(pre, prefix_ids, rows=3)
+    assert len(calls) == 3  # per-row copies are not kept
+    other = dataclasses.replace(pre, params=jax.tree_util.tree_map(lambda a: a * 1.5, pre.params))
+    changed = models.prefill_prefix(other, prefix_ids)
+    assert len(calls) == 4 and not np.allclose(np.asarray(changed.kv_cache[0][0]), np.asarray(first.kv_cache[0][0]))
+    for n in range(1, 2 * pretrained.PREFIX_CACHE_SIZE):
+        models.prefill_prefix(pre, prefix_ids[:n])
+    assert len(pre.prefixes) == pretrained.PREFIX_CACHE_SIZE
+    # batches behind one shared prefix prefill it once, and decode as with a fresh prefill each
+    calls.clear()
+    fresh, cached = dataclasses.replace(tiny, prefixes={}), dataclasses.replace(tiny, prefixes={})
+    rng = np.random.RandomState(3)
+    for n in range(3):
+        rows = [np.concatenate([prefix_ids, rng.randint(0, tiny.config.vocab_size, k)]) for k in (2, 5, n + 1)]
+        ids, mask = decoding.left_pad(rows, pad_id=0)
+        fresh.prefixes.clear()
+        expected = eds_jax.steered_generate(fresh, ids, mask, max_new_tokens=4)
+        got = eds_jax.steered_generate(cached, ids, mask, max_new_tokens=4)
+        np.testing.assert_array_equal(np.asarray(got.tokens), np.asarray(expected.tokens))
+    assert len(calls) == 3 + 1
 
 
 class CountingIntervention:

@@ -92,5 +92,4 @@ def prompt_states(pre, ids, mask, layer: int, prefix=None) -> np.ndarray:
     """[B, D] float32: the input of block `layer` at the last prompt token of a left-padded batch,
     unsteered; `prefix`: the `models.SharedPrefix` the rows continue, if any."""
     import models
-    out = models.forward(pre, ids, mask, output_hidden_states=True, output_logits=False, prefix=prefix)
-    return np.asarray(out.hidden_states[layer][:, -1], np.float32)
+    return np.asarray(models.block_input_at_last(pre, ids, mask, layer, prefix))
