@@ -39,7 +39,7 @@ flags.DEFINE_integer("limit", None, "use only the first N prompts")
 flags.DEFINE_string("system", None, "system prompt (default: the deployment the EBMs were trained "
                     "under, from --ebms metadata; none for --torch_ebm)")
 flags.DEFINE_integer("max_new_tokens", 64, "new tokens per prompt")
-flags.DEFINE_integer("batch_size", 8, "prompts per batch")
+flags.DEFINE_integer("batch_size", 32, "prompts per batch")
 flags.DEFINE_float("temperature", 0.0, "0 = greedy")
 flags.DEFINE_float("top_p", 1.0, "nucleus sampling mass")
 flags.DEFINE_integer("seed", 0, "sampling seed")
