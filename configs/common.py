@@ -48,6 +48,9 @@ def base_config():
         "seed": 0,
         "val_fraction": 0.2,
         "select_by": "auc",  # or "sign_accuracy" (upstream)
+        # a resumable checkpoint after an epoch once this many seconds passed since the last one
+        # (0: every epoch), and after the last epoch
+        "checkpoint_every_s": 30.0,
     })
     c.steer = ml_collections.ConfigDict({
         "top_n_layers": 15, "eta": 0.1, "num_steps": 3,

@@ -24,10 +24,14 @@ MIN_BUCKET = 32
 MIN_PREFIX = 16  # a shorter shared prefix is not worth the extra call
 
 
-def bucket_length(length: int, minimum: int = MIN_BUCKET) -> int:
-    """Lengths are padded up to a power of two (at least `minimum`): one compile per bucket."""
+def bucket_length(length: int, minimum: int = MIN_BUCKET, half_steps: bool = False) -> int:
+    """Lengths are padded up to a power of two (at least `minimum`): one compile per bucket.
+    `half_steps` adds the midpoints (minimum x 1.5 x 2^k): twice the compiles, a third less
+    padding at worst; for calls whose compile is cheap next to their compute."""
     bucket = minimum
     while bucket < length:
+        if half_steps and bucket * 3 // 2 >= length:
+            return bucket * 3 // 2
         bucket *= 2
     return bucket
 

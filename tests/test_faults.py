@@ -100,6 +100,7 @@ def test_train_ebm_rejects_bad_training_settings_up_front(tmp_path, tiny_chat_mo
                                ("--config.train.learning_rate=-1", "learning_rate=-1.0: expected a finite number > 0"),
                                ("--config.train.val_fraction=0", "val_fraction=0.0: expected a fraction in (0, 1)"),
                                ("--config.train.epochs=0", "train.epochs=0: expected a whole number >= 1"),
+                               ("--config.train.checkpoint_every_s=-5", "checkpoint_every_s=-5.0: expected seconds >= 0"),
                                ("--config.ebm.hidden_dim=0", "EBM widths must be positive")):
         one_error_line(run("train_ebm.py", *base, override, f"--workdir={tmp_path / 'w'}"), expected)
         assert not (tmp_path / "w").exists(), override

@@ -53,6 +53,23 @@ def test_resume_after_kill_equals_uninterrupted_run(tmp_path):
     assert resumed["history"] == full["history"]
 
 
+def test_checkpoints_are_thinned_by_time_and_the_last_epoch_is_always_saved(tmp_path):
+    x, labels = synthetic()
+    spec = EBMSpec.complex(16, (32, 16), 0.15, True)
+    cfg = infonce.TrainConfig(epochs=5, batch_size=8, learning_rate=3e-3, temperature=0.1, seed=0)
+
+    def steps(every):
+        infonce.train_layers(x, labels, [0, 1, 2], spec, cfg, 0.25, infonce.make_mesh(1, 1),
+                             str(tmp_path / str(every)), log=lambda *_: None, checkpoint_every_s=every)
+        (folder,) = (tmp_path / str(every) / "checkpoints").iterdir()
+        return sorted(int(p.name) for p in folder.iterdir() if p.name.isdigit())
+
+    assert steps(0) == [4, 5]  # every epoch (orbax keeps the newest two)
+    assert steps(3600) == [5]
+    with pytest.raises(ValueError, match=r"checkpoint_every_s=-1: expected seconds >= 0"):
+        steps(-1)
+
+
 def test_fixed_seed_is_deterministic(tmp_path):
     a, b, c = train(tmp_path / "a", 3), train(tmp_path / "b", 3), train(tmp_path / "c", 3, seed=1)
     np.testing.assert_array_equal(flat(a["params"]), flat(b["params"]))
@@ -273,7 +290,8 @@ def test_sigkill_mid_run_then_restart_equals_uninterrupted(tmp_path):
         x, labels = synthetic()
         cfg = infonce.TrainConfig(epochs=12, batch_size=8, learning_rate=3e-3, temperature=0.1, seed=0)
         r = infonce.train_layers(x, labels, [0, 1, 2], EBMSpec.complex(16, (32, 16), 0.15, True), cfg, 0.25,
-                                  infonce.make_mesh(1, 1), sys.argv[1], log=lambda *_: None)
+                                  infonce.make_mesh(1, 1), sys.argv[1], log=lambda *_: None,
+                                  checkpoint_every_s=0)
         np.save(sys.argv[2], np.concatenate([np.asarray(l).ravel() for l in jax.tree_util.tree_leaves(r["params"])]))
     """)
     killed = tmp_path / "killed"

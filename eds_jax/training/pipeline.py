@@ -73,6 +73,9 @@ def check_config(cfg) -> None:
     TrainConfig(cfg.train.epochs, cfg.train.batch_size, cfg.train.learning_rate,
                 cfg.train.temperature, cfg.train.seed, cfg.train.select_by)
     check_val_fraction(cfg.train.val_fraction)
+    if not cfg.train.checkpoint_every_s >= 0:
+        raise ValueError(f"config.train.checkpoint_every_s={cfg.train.checkpoint_every_s!r}: "
+                         "expected seconds >= 0 (0: a checkpoint after every epoch)")
     for name in ("max_new_tokens", "batch_size"):
         value = cfg.collect[name]
         if value < 1:
@@ -340,7 +343,8 @@ def train_and_choose(cfg, workdir: str) -> TrainResult:
 
     layers = list(range(pre.config.num_layers))
     result = infonce.train_layers(data.activations, data.labels, layers, spec, train_config,
-                                  cfg.train.val_fraction, mesh, workdir, log=log.info)
+                                  cfg.train.val_fraction, mesh, workdir, log=log.info,
+                                  checkpoint_every_s=float(cfg.train.checkpoint_every_s))
     write_jsonl(os.path.join(workdir, "metrics.jsonl"), result["history"])
 
     scores = result["metrics"][cfg.train.select_by]
