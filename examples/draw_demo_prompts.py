@@ -64,8 +64,8 @@ def main(argv):
     refused = None
     if FLAGS.refused_in:
         with open(FLAGS.refused_in) as f:
-            rows = [json.loads(line) for line in f if line.strip()]
-        refused = {(r["set"], r["prompt"]) for r in rows if r["method"] == "baseline"
+            evaluated = [json.loads(line) for line in f if line.strip()]
+        refused = {(r["set"], r["prompt"]) for r in evaluated if r["method"] == "baseline"
                    and r["kind"] == "harmful" and r["outcome"] == "refusal"}
         if not refused:
             raise ValueError(f"--refused_in={FLAGS.refused_in}: no harmful baseline refusals in it")

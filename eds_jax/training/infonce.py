@@ -212,6 +212,12 @@ def check_val_fraction(val_fraction: float) -> None:
         raise ValueError(f"config.train.val_fraction={val_fraction!r}: expected a fraction in (0, 1)")
 
 
+def check_checkpoint_every_s(seconds: float) -> None:
+    if not seconds >= 0:
+        raise ValueError(f"config.train.checkpoint_every_s={seconds!r}: expected seconds >= 0 "
+                         "(0: a checkpoint after every epoch)")
+
+
 def checkpoint_key(activations: np.ndarray, labels: np.ndarray, layers, spec: EBMSpec,
                    config: TrainConfig, val_fraction: float) -> str:
     """A digest of everything that decides the training trajectory."""
@@ -239,8 +245,7 @@ def train_layers(activations: np.ndarray, labels: np.ndarray, layers: list[int],
     per-epoch history, and the validation energies (for plots).
     """
     check_val_fraction(val_fraction)
-    if not checkpoint_every_s >= 0:
-        raise ValueError(f"checkpoint_every_s={checkpoint_every_s!r}: expected seconds >= 0")
+    check_checkpoint_every_s(checkpoint_every_s)
     train_idx, val_idx = split_indices(labels, val_fraction, config.seed)
     x = activations[:, layers].astype(np.float32)
     pos = x[train_idx][labels[train_idx] == 1]

@@ -65,7 +65,7 @@ def maybe_initialize_distributed(cfg) -> None:
 
 def check_config(cfg) -> None:
     """What can be checked before any prompt is read or the model loads."""
-    from eds_jax.training.infonce import TrainConfig, check_val_fraction
+    from eds_jax.training.infonce import TrainConfig, check_checkpoint_every_s, check_val_fraction
     try:
         check_eta_scale(cfg.steer.eta_scale)
     except ValueError as error:
@@ -73,9 +73,7 @@ def check_config(cfg) -> None:
     TrainConfig(cfg.train.epochs, cfg.train.batch_size, cfg.train.learning_rate,
                 cfg.train.temperature, cfg.train.seed, cfg.train.select_by)
     check_val_fraction(cfg.train.val_fraction)
-    if not cfg.train.checkpoint_every_s >= 0:
-        raise ValueError(f"config.train.checkpoint_every_s={cfg.train.checkpoint_every_s!r}: "
-                         "expected seconds >= 0 (0: a checkpoint after every epoch)")
+    check_checkpoint_every_s(cfg.train.checkpoint_every_s)
     for name in ("max_new_tokens", "batch_size"):
         value = cfg.collect[name]
         if value < 1:
