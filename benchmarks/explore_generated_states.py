@@ -8,8 +8,9 @@ states come from a teacher-forced forward over prompt + the first K re-tokenised
 Caveat: train_layers splits rows, not prompts, so with generated states a prompt's rows can sit on
 both sides of the EBMs' validation split (layer AUCs optimistic; the search's prompts are separate).
 
-Variants: prompt_all (as shipped), gen_all (last prompt token + first K generated tokens), prompt_benign
-(benign rows only: good = answered, bad = refused), gen_benign. Validation: the shared config's larger validation sets (64 ORB-H + harmless; harmful val).
+Variants: prompt_all (as shipped), gen_all (last prompt token + first K generated tokens),
+prompt_benign (benign rows only: good = answered, bad = refused), gen_benign. Validation: the shared
+config's larger validation sets (64 ORB-H + harmless; harmful val).
 """
 import json, os, sys, time
 import numpy as np
@@ -22,8 +23,12 @@ from eds_jax.core.decoding import chat_prompts, left_pad, pad_to_bucket, bucket_
 from eds_jax.core.ebm import EBMSpec
 from eds_jax.judging.refusal import get_judge
 from eds_jax.training import collect as C, infonce, pipeline as P
-from models.sharding import batch_sharding
+from models.sharding import batch_sharding, pad_rows
 
+VARIANTS = ("prompt_all", "gen_all", "prompt_benign", "gen_benign")
+if len(sys.argv) != 4 or sys.argv[1] not in VARIANTS:
+    sys.exit(f"usage: explore_generated_states.py VARIANT COLLECTION_DIR WORK_DIR, VARIANT one of {VARIANTS}; "
+             f"got {sys.argv[1:]}")
 variant, COLLECTION, WORK = sys.argv[1:4]
 K = int(os.environ.get("K", 8))
 out = os.path.join(WORK, variant)
@@ -56,8 +61,7 @@ if variant.startswith("gen") and not os.path.exists(gen_path):
         seqs = [p_ids[i] + r_ids[i] for i in rows]
         ids, mask = left_pad(seqs, pre.pad_token_id)
         n = len(rows)
-        if n < 32:
-            ids = np.concatenate([ids, np.repeat(ids[-1:], 32 - n, 0)]); mask = np.concatenate([mask, np.repeat(mask[-1:], 32 - n, 0)])
+        ids, mask = pad_rows((ids, mask), 32)  # a short last batch reuses the full batches' compile
         split = models.split_shared_prefix(ids, mask)
         prefix = None
         if split is not None:
@@ -97,8 +101,7 @@ scores = res["metrics"]["auc"]
 ranked = [int(layers[i]) for i in np.lexsort((res["metrics"]["loss"], -scores))]
 print("ranked", ranked[:6], "auc", [round(float(scores[l]), 3) for l in ranked[:6]], flush=True)
 layer_ebm = lambda l: res["trainer"].layer_ebm(res["params"], l)
-# the pipeline's own held-out AUC at the last prompt token only, prompts split as train_layers would not:
-gate = P.fit_gate(cfg, data)
+gate = P.fit_gate(cfg, data)  # fitted on last-prompt-token states, as the pipeline does
 t1 = time.time()
 settings, judge, sweep = P.choose_steering(cfg, pre, ranked, layer_ebm, validation, workdir=out,
                                            sharding=batch_sharding(mesh), data=data, gate=gate)
