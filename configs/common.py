@@ -32,6 +32,9 @@ def base_config():
         "batch_size": 16,
         "system": ml_collections.FieldReference(None, field_type=str),
         "judge": "substring",  # eds_jax.judge.JUDGES
+        # the EBMs also learn from the states of each response's first K tokens (each with its
+        # response's label), where steering acts; 0: the last prompt token only (upstream)
+        "generated_states": 0,
     })
     c.ebm = ml_collections.ConfigDict({
         "architecture": "complex",

@@ -101,3 +101,32 @@ def test_generate_text_batches_and_decodes_new_tokens_only(smollm2):
     assert one_batch == two_batches
     assert all(isinstance(t, str) and t and "<|im_start|>" not in t and "Say hello" not in t
                for t in one_batch)
+
+
+def test_generated_states_equal_a_teacher_forced_forward(tiny):
+    """The states the loop hands back for the first K new tokens are the block inputs a full
+    forward over prompt + those tokens computes at their positions; past EOS they are not real."""
+    ids, mask = left_padded_batch(tiny.config.vocab_size, [9, 4, 7], seed=3)
+    free = np.asarray(eds_jax.steered_generate(tiny, ids, mask, max_new_tokens=8).tokens)
+    eos = int(free[1, 2])  # row 1 ends at its third token
+    pre = dataclasses.replace(tiny, config=dataclasses.replace(tiny.config, eos_token_ids=(eos,),
+                                                               pad_token_id=0))
+    k = 5
+    out = eds_jax.steered_generate(pre, ids, mask, max_new_tokens=8, return_generated_states=k)
+    tokens, states = np.asarray(out.tokens), np.asarray(out.generated_states)
+    valid = np.asarray(out.generated_valid)
+    assert states.shape == (3, k, tiny.config.num_layers, tiny.config.hidden_size)
+    stop = [int(np.flatnonzero(row == eos)[0]) if (row == eos).any() else 8 for row in tokens]
+    np.testing.assert_array_equal(valid, np.arange(k)[None] < np.minimum(stop, k)[:, None])
+    assert not valid[1, 2:].any()
+    full_ids = np.concatenate([ids, tokens[:, :k]], 1)
+    full_mask = np.concatenate([mask, np.ones((3, k), mask.dtype)], 1)
+    ref = models.forward(pre, full_ids, full_mask, output_hidden_states=True, output_logits=False)
+    ref = np.stack([np.asarray(h)[:, -k:] for h in ref.hidden_states[:tiny.config.num_layers]], 2)
+    for row, position in zip(*np.nonzero(valid)):
+        a, b = states[row, position], ref[row, position]
+        assert np.abs(a - b).max() <= 2e-4 * np.abs(b).max(), (row, position)
+    plain = eds_jax.steered_generate(pre, ids, mask, max_new_tokens=8)
+    np.testing.assert_array_equal(np.asarray(plain.tokens), tokens)  # capture changes no token
+    with pytest.raises(ValueError, match=r"return_generated_states=8: expected a whole number in \[0, "):
+        eds_jax.steered_generate(pre, ids, mask, max_new_tokens=8, return_generated_states=8)

@@ -271,3 +271,41 @@ def test_collection_reads_activations_from_the_prefill(tmp_path, smollm2):
     plain = eds_jax.generate_text(smollm2, benign + harmful, system=config["system"], max_new_tokens=8,
                                   batch_size=2)
     assert fused.responses == plain
+
+
+def test_collection_keeps_the_first_generated_tokens_states(tmp_path, smollm2):
+    """collect.generated_states=K: the states of each response's first K tokens come from the
+    decode loop, equal a teacher-forced forward over prompt + response and are cached (K is part of
+    the collection's key); the responses and prompt activations are those of K = 0."""
+    from eds_jax.judging.refusal import is_refusal
+    from eds_jax.training.collect import collect, training_rows
+    benign = ["Why?", "How do I kill a Python process that ignores Ctrl-C on Linux?"]
+    harmful = ["Write a threatening message to my coworker."]
+    base = {"max_new_tokens": 8, "batch_size": 2, "system": deployment.OVER_CAUTIOUS_SYSTEM,
+            "judge": "substring"}
+    plain = collect(smollm2, benign, harmful, str(tmp_path), base, is_refusal)
+    assert plain.generated is None
+    with_states = collect(smollm2, benign, harmful, str(tmp_path), base | {"generated_states": 4},
+                          is_refusal)
+    assert with_states.responses == plain.responses
+    assert row_error(with_states.activations, plain.activations) <= 1e-5
+    states, valid = with_states.generated, with_states.generated_valid
+    assert states.shape == (3, 4, smollm2.config.num_layers, smollm2.config.hidden_size)
+    texts = decoding.chat_prompts(smollm2.tokenizer, benign + harmful, base["system"])
+    for i, text in enumerate(texts):
+        prompt = smollm2.tokenizer(text, add_special_tokens=False)["input_ids"]
+        out = eds_jax.steered_generate(smollm2, np.array([prompt]), max_new_tokens=8)
+        n = int(valid[i].sum())
+        assert n == min(4, int(out.lengths[0]) - int(out.tokens[0, out.lengths[0] - 1] in smollm2.eos_token_ids))
+        full = np.array([prompt + np.asarray(out.tokens[0, :n]).tolist()])
+        ref = models.forward(smollm2, full, output_hidden_states=True, output_logits=False)
+        ref = np.stack([np.asarray(h)[0, -n:] for h in ref.hidden_states[:smollm2.config.num_layers]], 1)
+        assert row_error(states[i, :n], ref) <= 2e-4
+    rows, labels, groups = training_rows(with_states)
+    assert len(rows) == 3 + int(valid.sum())
+    np.testing.assert_array_equal(labels, with_states.labels[groups])
+    assert len(list(tmp_path.glob("generated-*.npz"))) == 1
+    again = collect(smollm2, benign, harmful, str(tmp_path), base | {"generated_states": 4}, is_refusal)
+    np.testing.assert_array_equal(again.generated, states)  # read back from the cache
+    with pytest.raises(ValueError, match=r"collect.generated_states=8: expected a whole number"):
+        collect(smollm2, benign, harmful, str(tmp_path), base | {"generated_states": 8}, is_refusal)

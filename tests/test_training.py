@@ -115,6 +115,20 @@ def test_labels_and_missing_classes():
     check_labels(collection(["benign", "benign"], [False, True]))
 
 
+def test_split_by_group_keeps_a_prompts_rows_together():
+    from eds_jax.training.infonce import split_indices
+    labels = np.array([1, 0, 1, 1, 0, 0, 1, 0, 1, 0] * 3)
+    # one row per group: the same split as without groups
+    for part, grouped in zip(split_indices(labels, 0.2, 0), split_indices(labels, 0.2, 0, np.arange(30))):
+        np.testing.assert_array_equal(part, grouped)
+    groups = np.concatenate([np.arange(30), np.arange(30), np.arange(30)])  # three rows a prompt
+    train, val = split_indices(np.tile(labels, 3), 0.2, 0, groups)
+    assert not set(groups[train]) & set(groups[val])
+    assert len(set(groups[val])) == 6 and len(val) == 18
+    with pytest.raises(ValueError, match="group 1 holds rows of both labels"):
+        split_indices(np.array([1, 0, 1, 1]), 0.5, 0, np.array([0, 1, 1, 2]))
+
+
 def run_script(name, *args):
     return subprocess.run([sys.executable, os.path.join(ROOT, name), *args], capture_output=True,
                           text=True, cwd=ROOT)

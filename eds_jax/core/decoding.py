@@ -38,6 +38,11 @@ class GenerationOutput(NamedTuple):
     # float32 [B, L, D]: the input of every block at the last prompt token, as the prefill saw it
     # (return_prompt_states); collection reads its activations here instead of a second forward
     prompt_states: Optional[jax.Array] = None
+    # float32 [B, K, L, D]: the input of every block at each of the first K new tokens
+    # (return_generated_states=K), as the decode loop fed them; meaningful where
+    # `generated_valid`: the token was emitted, and is not an end-of-sequence token
+    generated_states: Optional[jax.Array] = None
+    generated_valid: Optional[jax.Array] = None  # bool [B, K]
 
 
 class _DecodeState(NamedTuple):
@@ -114,13 +119,16 @@ class _Buffers(NamedTuple):
     tokens: jax.Array  # int32 [B, N], pad id
     done_before: jax.Array  # bool [B, N], True: the row had ended before this step
     energies: Optional[jax.Array]  # float32 [B, N, n_layers, 2], NaN
+    # float32 [B, K + 1, L, D]: block inputs of new tokens 0..K-1; slot K takes later steps' writes
+    states: Optional[jax.Array] = None
 
 
 @functools.partial(jax.jit, static_argnames=("config", "dtype", "max_new_tokens", "eos_ids",
-                                             "pad_id", "sample", "prompt_states"))
+                                             "pad_id", "sample", "prompt_states", "generated_states"))
 def _generate(params, input_ids, attention_mask, steering: Optional[SteeringLike], rng, temperature,
               top_p, prefix: Optional[SharedPrefix] = None, *, config, dtype, max_new_tokens: int,
-              eos_ids: tuple, pad_id: int, sample: bool, prompt_states: bool = False) -> GenerationOutput:
+              eos_ids: tuple, pad_id: int, sample: bool, prompt_states: bool = False,
+              generated_states: int = 0) -> GenerationOutput:
     batch, prompt_len = input_ids.shape
     # each row's cache: [prompt | new tokens], after the shared prefix if there is one
     cache = init_kv_cache(config, batch, prompt_len + max_new_tokens, resolve_dtype(dtype))
@@ -148,21 +156,27 @@ def _generate(params, input_ids, attention_mask, steering: Optional[SteeringLike
         done_before=jnp.ones((batch, max_new_tokens), bool).at[:, 0].set(False),
         energies=None if first_energy is None else jnp.full(
             (batch, max_new_tokens) + first_energy.shape[1:], jnp.nan, jnp.float32
-        ).at[:, 0].set(first_energy))
+        ).at[:, 0].set(first_energy),
+        states=None if not generated_states else jnp.zeros(
+            (batch, generated_states + 1, config.num_layers, config.hidden_size), jnp.float32))
 
     def step(carry):
         t, state, buffers = carry
         slot = prompt_len + t - 1  # where the previous token's keys go
         kv_mask = state.kv_mask.at[:, slot].set(~state.done)
         out = call_model(state.token[:, None], state.position[:, None], state.kv_cache, slot,
-                         kv_mask, t)
+                         kv_mask, t, hidden_states=bool(generated_states))
         token = _choose(out.logits[:, -1], jax.random.fold_in(rng, t), temperature, top_p, sample)
         token = jnp.where(state.done, pad_id, token)
         energy = _energies(out.intervention_aux)
+        states = buffers.states
+        if generated_states:  # this step fed new token t - 1; steps past K write the spare slot
+            fed = jnp.stack([h[:, 0] for h in out.hidden_states[:config.num_layers]], axis=1)
+            states = states.at[:, jnp.minimum(t - 1, generated_states)].set(fed.astype(jnp.float32))
         buffers = _Buffers(
             buffers.tokens.at[:, t].set(token), buffers.done_before.at[:, t].set(state.done),
             None if energy is None else buffers.energies.at[:, t].set(
-                jnp.where(state.done[:, None, None], jnp.nan, energy)))
+                jnp.where(state.done[:, None, None], jnp.nan, energy)), states)
         new_state = _DecodeState(out.kv_cache, kv_mask, token,
                                  jnp.where(state.done, state.position, state.position + 1),
                                  state.done | jnp.isin(token, eos))
@@ -173,11 +187,24 @@ def _generate(params, input_ids, attention_mask, steering: Optional[SteeringLike
     keep_going = lambda carry: (carry[0] < max_new_tokens) & ~jnp.all(carry[1].done)
     _, _, buffers = jax.lax.while_loop(keep_going, step, (jnp.int32(1), state, buffers))
     lengths = jnp.sum(~buffers.done_before, axis=-1).astype(jnp.int32)
+    extra = {"prompt_states": states}
+    if generated_states:
+        fed = buffers.tokens[:, :generated_states]
+        extra.update(generated_states=buffers.states[:, :generated_states],
+                     generated_valid=(jnp.arange(generated_states) < lengths[:, None])
+                     & ~jnp.isin(fed, eos))
     if buffers.energies is None:
-        return GenerationOutput(buffers.tokens, lengths, None, None, prompt_states=states)
+        return GenerationOutput(buffers.tokens, lengths, None, None, **extra)
     after = buffers.energies[..., 1] if steering.record_energy_after else None
-    return GenerationOutput(buffers.tokens, lengths, buffers.energies[..., 0], after,
-                            prompt_states=states)
+    return GenerationOutput(buffers.tokens, lengths, buffers.energies[..., 0], after, **extra)
+
+
+def check_generated_states(count, max_new_tokens: int, what: str = "return_generated_states") -> None:
+    """A count of generated tokens whose states the decode loop can hand back: the last new token
+    is emitted but never fed, so at most max_new_tokens - 1."""
+    if isinstance(count, bool) or int(count) != count or not 0 <= count < int(max_new_tokens):
+        raise ValueError(f"{what}={count!r}: expected a whole number in [0, max_new_tokens="
+                         f"{max_new_tokens})")
 
 
 def _check_left_padded(mask: np.ndarray) -> None:
@@ -195,7 +222,8 @@ def steered_generate(pre: Pretrained, input_ids, attention_mask=None,
                      steering: Optional[SteeringLike] = None, max_new_tokens: int = 64,
                      temperature: float = 0.0, top_p: float = 1.0, seed: int = 0,
                      max_cache_length: Optional[int] = None, batch_sharding=None,
-                     reuse_prefix: bool = True, return_prompt_states: bool = False) -> GenerationOutput:
+                     reuse_prefix: bool = True, return_prompt_states: bool = False,
+                     return_generated_states: int = 0) -> GenerationOutput:
     """Generate `max_new_tokens` tokens for a left-padded batch, steering when `steering` is set.
 
     temperature 0 is greedy; otherwise temperature/top-p sampling with a fresh key per step.
@@ -207,6 +235,10 @@ def steered_generate(pre: Pretrained, input_ids, attention_mask=None,
     computed once and only each row's suffix is prefilled; the tokens are those of a full prefill.
     `return_prompt_states`: also return the input of every block at the last prompt token
     (`GenerationOutput.prompt_states`), taken from the prefill (after any steering there).
+    `return_generated_states=K`: also return the input of every block at each of the first K new
+    tokens, as the loop fed them (after any steering there), and which of them are real tokens
+    (`generated_states`, `generated_valid`); K < max_new_tokens, since the last new token is
+    never fed back.
     """
     ids = np.asarray(input_ids)
     if ids.ndim != 2 or not np.issubdtype(ids.dtype, np.integer):
@@ -217,6 +249,7 @@ def steered_generate(pre: Pretrained, input_ids, attention_mask=None,
         raise ValueError(f"attention_mask shape {mask.shape} != input_ids shape {ids.shape}")
     if int(max_new_tokens) < 1:
         raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
+    check_generated_states(return_generated_states, max_new_tokens)
     if not np.isfinite(temperature) or temperature < 0 or not 0 < top_p <= 1:
         raise ValueError(f"need a finite temperature >= 0 and 0 < top_p <= 1, got {temperature}, {top_p}")
     real = ids[mask]
@@ -269,7 +302,8 @@ def steered_generate(pre: Pretrained, input_ids, attention_mask=None,
                     jnp.float32(max(temperature, 1e-6)), jnp.float32(top_p), prefix, config=config,
                     dtype=pre.dtype, max_new_tokens=int(max_new_tokens),
                     eos_ids=pre.eos_token_ids, pad_id=pre.pad_token_id, sample=temperature > 0,
-                    prompt_states=bool(return_prompt_states))
+                    prompt_states=bool(return_prompt_states),
+                    generated_states=int(return_generated_states))
     if batch_sharding is not None:
         out = jax.tree_util.tree_map(lambda a: a[:rows], gather_rows(out))
     return out if opened is None else out._replace(opened=opened)
@@ -309,7 +343,7 @@ def generate_text(pre: Pretrained, prompts: Sequence[str], steering: Optional[St
                   temperature: float = 0.0, top_p: float = 1.0, seed: int = 0,
                   return_outputs: bool = False, progress: bool = False, batch_sharding=None,
                   reuse_prefix: bool = True, by_length: bool = True,
-                  return_prompt_states: bool = False):
+                  return_prompt_states: bool = False, return_generated_states: int = 0):
     """Chat-template, left-pad and batch `prompts`; return the decoded new text of each.
 
     With return_outputs=True, also return one `GenerationOutput` whose rows follow `prompts`.
@@ -318,7 +352,8 @@ def generate_text(pre: Pretrained, prompts: Sequence[str], steering: Optional[St
     `reuse_prefix`: see `steered_generate` (a system prompt is prefilled once per batch, not once
     per row). `by_length`: prompts of similar token counts share a batch, so less of each batch is
     padding; greedy texts are those of batches in the given order. `return_prompt_states`: the
-    outputs carry each prompt's block inputs at its last token (see `steered_generate`).
+    outputs carry each prompt's block inputs at its last token, and `return_generated_states=K`
+    at its first K new tokens (see `steered_generate`).
     """
     per_row = steering.batch_rows if steering is not None else None
     if per_row is not None and per_row != len(prompts):
@@ -342,7 +377,8 @@ def generate_text(pre: Pretrained, prompts: Sequence[str], steering: Optional[St
         out = steered_generate(pre, ids, mask, steering=batch_steering, max_new_tokens=max_new_tokens,
                                temperature=temperature, top_p=top_p, seed=seed + index * batch_size,
                                batch_sharding=batch_sharding, reuse_prefix=reuse_prefix,
-                               return_prompt_states=return_prompt_states)
+                               return_prompt_states=return_prompt_states,
+                               return_generated_states=return_generated_states)
         out = jax.tree_util.tree_map(lambda a: a[:count], out)
         tokens, lengths = np.asarray(out.tokens), np.asarray(out.lengths)
         for i, row, n in zip(rows, tokens, lengths):

@@ -5,8 +5,10 @@ Labels (DESIGN.md section 1):
   harmful + refused -> good (1)   harmful + complied -> bad (0)
 Activations are the hidden state at the last prompt token at the input of every block, taken from
 the prefill that starts each batch's generation (or one forward pass per batch when the responses
-were cached alone). Everything is cached in the work directory; a rerun with the same inputs
-reuses it.
+were cached alone). With `generated_states=K`, the states of the first K tokens of each response
+are kept too, as the decode loop fed them: steering acts at generated tokens, so the EBMs learn
+there as well (`training_rows`), each state carrying its response's label. Everything is cached in
+the work directory; a rerun with the same inputs reuses it.
 """
 from __future__ import annotations
 
@@ -21,7 +23,8 @@ import numpy as np
 from eds_jax.datasets.prompt_files import load_prompts
 
 from eds_jax.common.files import write_jsonl
-from eds_jax.core.decoding import bucket_length, chat_batches, generate_text, pad_to_bucket
+from eds_jax.core.decoding import (bucket_length, chat_batches, check_generated_states, generate_text,
+                                   pad_to_bucket)
 
 BENIGN, HARMFUL = "benign", "harmful"
 
@@ -38,6 +41,10 @@ class Collection:
     refused: np.ndarray  # bool [N]
     labels: np.ndarray  # int8 [N]: 1 good, 0 bad
     activations: np.ndarray  # float32 [N, L, D]: input of block l at the last prompt token
+    # float32 [N, K, L, D]: input of block l at each of the first K response tokens (K = 0: none);
+    # real where `generated_valid` [N, K] (the response is at least that long, EOS excluded)
+    generated: Optional[np.ndarray] = None
+    generated_valid: Optional[np.ndarray] = None
 
     def counts(self) -> dict[str, int]:
         kinds = np.asarray(self.kinds)
@@ -116,15 +123,23 @@ def last_token_activations(pre, prompts: Sequence[str], system: Optional[str], b
 
 
 def _fingerprint(pre, prompts, kinds, collect_config) -> str:
-    payload = json.dumps({"model": pre.source, "dtype": pre.dtype, "prompts": prompts, "kinds": kinds,
-                          "max_new_tokens": collect_config["max_new_tokens"],
-                          "system": collect_config["system"], "judge": collect_config["judge"]})
+    fields = {"model": pre.source, "dtype": pre.dtype, "prompts": prompts, "kinds": kinds,
+              "max_new_tokens": collect_config["max_new_tokens"],
+              "system": collect_config["system"], "judge": collect_config["judge"]}
+    # a collection with generated states is its own: its decode hands back the states (K = 0
+    # keeps the keys of collections made before the option existed)
+    if collect_config.get("generated_states"):
+        fields["generated_states"] = int(collect_config["generated_states"])
+    payload = json.dumps(fields)
     return hashlib.sha256(payload.encode()).hexdigest()[:16]
 
 
 def collect(pre, benign: Sequence[str], harmful: Sequence[str], directory: str, collect_config,
             judge: Callable[[str], bool], batch_sharding=None) -> Collection:
     """Generate, judge, label and extract, or reuse what `directory` already holds for these inputs.
+
+    `collect_config["generated_states"]` (K, default 0): also keep the states of each response's
+    first K tokens, taken inside the decode loop (a collection of its own: K is in the cache key).
 
     `batch_sharding` splits each batch's rows over the mesh's data axis: on a multi-host run every
     process reads the same prompts but places and computes only its share of each batch.
@@ -139,21 +154,33 @@ def collect(pre, benign: Sequence[str], harmful: Sequence[str], directory: str, 
     activations_path = os.path.join(directory, f"activations-{key}.npz")
     system = collect_config["system"]
     batch_size = int(collect_config["batch_size"])
+    max_new_tokens = int(collect_config["max_new_tokens"])
+    n_states = int(collect_config.get("generated_states") or 0)
+    check_generated_states(n_states, max_new_tokens, "collect.generated_states")
+    generated_path = os.path.join(directory, f"generated-{key}.npz")
 
     cached = os.path.isfile(responses_path)
-    activations = None
+    activations, generated, generated_valid = None, None, None
     if os.path.isfile(activations_path):
         activations = np.load(activations_path)["activations"]
-    if cached:
+    if n_states and os.path.isfile(generated_path):
+        with np.load(generated_path) as f:
+            generated, generated_valid = f["states"], f["valid"]
+    need_generated = bool(n_states) and generated is None
+    if cached and not need_generated:
         with open(responses_path) as f:
             responses = [json.loads(line)["response"] for line in f]
-    else:  # the prefill of each batch hands back the activations too: no second forward pass
+    else:  # the decode hands back the activations (and generated states): no second forward pass
+        cached = False
         responses, outputs = generate_text(
-            pre, prompts, system=system, max_new_tokens=int(collect_config["max_new_tokens"]),
+            pre, prompts, system=system, max_new_tokens=max_new_tokens,
             batch_size=batch_size, progress=True, batch_sharding=batch_sharding,
-            return_outputs=True, return_prompt_states=activations is None)
+            return_outputs=True, return_prompt_states=activations is None, return_generated_states=n_states)
         if activations is None:
             activations = np.asarray(outputs.prompt_states, np.float32)
+        if n_states:
+            generated = np.asarray(outputs.generated_states, np.float32)
+            generated_valid = np.asarray(outputs.generated_valid, bool)
     refused = np.array([judge(r) for r in responses], bool)
     labels = np.array([label(k, r) for k, r in zip(kinds, refused)], np.int8)
     if not cached:
@@ -168,7 +195,28 @@ def collect(pre, benign: Sequence[str], harmful: Sequence[str], directory: str, 
         tmp = f"{activations_path}.{os.getpid()}.tmp.npz"
         np.savez(tmp, activations=activations, labels=labels)
         os.replace(tmp, activations_path)
-    return Collection(prompts, kinds, responses, refused, labels, activations)
+    if n_states and not os.path.isfile(generated_path):
+        tmp = f"{generated_path}.{os.getpid()}.tmp.npz"
+        np.savez(tmp, states=generated, valid=generated_valid)
+        os.replace(tmp, generated_path)
+    return Collection(prompts, kinds, responses, refused, labels, activations, generated,
+                      generated_valid)
+
+
+def training_rows(collection: Collection) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(states [M, L, D], labels [M], groups [M] or None): every prompt's last-token state, then
+    each real generated-token state with its response's label; `groups` names each row's prompt,
+    so a validation split by group keeps a prompt's states on one side (None: one row a prompt)."""
+    n = len(collection.labels)
+    states, labels, groups = [collection.activations], [collection.labels], [np.arange(n)]
+    if collection.generated is not None:
+        prompt, position = np.nonzero(collection.generated_valid)
+        states.append(collection.generated[prompt, position])
+        labels.append(collection.labels[prompt])
+        groups.append(prompt)
+    if len(states) == 1:
+        return collection.activations, collection.labels, None
+    return np.concatenate(states), np.concatenate(labels), np.concatenate(groups)
 
 
 def check_labels(collection: Collection) -> None:

@@ -40,8 +40,22 @@ def make_mesh(data: int = -1, model: int = 1, devices=None) -> Mesh:
     return Mesh(np.array(devices[:data * model]).reshape(data, model), ("data", "model"))
 
 
-def split_indices(labels: np.ndarray, val_fraction: float, seed: int):
-    """Stratified train/validation split: each class keeps `val_fraction` for validation."""
+def split_indices(labels: np.ndarray, val_fraction: float, seed: int, groups=None):
+    """Stratified train/validation split: each class keeps `val_fraction` for validation.
+
+    groups: a key per row (e.g. its prompt); a group's rows, which must share a label, fall on one
+    side together, so validation rows never come from a prompt seen in training. Groups are split
+    as rows are (one row per group: the same split as without groups).
+    """
+    labels = np.asarray(labels)
+    if groups is not None:
+        keys, first, inverse = np.unique(np.asarray(groups), return_index=True, return_inverse=True)
+        inverse = inverse.reshape(-1)
+        if (labels != labels[first][inverse]).any():
+            bad = keys[np.flatnonzero(np.bincount(inverse, labels != labels[first][inverse]))[0]]
+            raise ValueError(f"group {bad.item()!r} holds rows of both labels; a group's rows must share one")
+        train, val = split_indices(labels[first], val_fraction, seed)
+        return (np.flatnonzero(np.isin(inverse, train)), np.flatnonzero(np.isin(inverse, val)))
     rng = np.random.RandomState(seed)
     train, val = [], []
     for cls in (0, 1):
@@ -219,10 +233,11 @@ def check_checkpoint_every_s(seconds: float) -> None:
 
 
 def checkpoint_key(activations: np.ndarray, labels: np.ndarray, layers, spec: EBMSpec,
-                   config: TrainConfig, val_fraction: float) -> str:
+                   config: TrainConfig, val_fraction: float, groups=None) -> str:
     """A digest of everything that decides the training trajectory."""
     digest = hashlib.sha256()
-    for array in (np.ascontiguousarray(activations), np.ascontiguousarray(labels)):
+    arrays = (activations, labels) + (() if groups is None else (np.asarray(groups),))
+    for array in map(np.ascontiguousarray, arrays):
         digest.update(f"{array.dtype}{array.shape}".encode())
         digest.update(array.tobytes())
     digest.update(json.dumps({"layers": [int(l) for l in layers], "spec": spec.to_dict(),
@@ -233,8 +248,11 @@ def checkpoint_key(activations: np.ndarray, labels: np.ndarray, layers, spec: EB
 
 def train_layers(activations: np.ndarray, labels: np.ndarray, layers: list[int], spec: EBMSpec,
                  config: TrainConfig, val_fraction: float, mesh: Mesh, workdir: str,
-                 log=print, checkpoint_every_s: float = 30.0) -> dict[str, Any]:
+                 log=print, checkpoint_every_s: float = 30.0, groups=None) -> dict[str, Any]:
     """Train EBMs for `layers` on [N, L, D] activations; resume from `workdir` if a run was killed.
+
+    groups: a key per row (its prompt, when a prompt gives several states); the validation split
+    is by group (see `split_indices`).
 
     A checkpoint is written after an epoch once `checkpoint_every_s` seconds have passed since the
     last one (0: after every epoch), and always after the last epoch: on fast epochs (a second each
@@ -246,7 +264,7 @@ def train_layers(activations: np.ndarray, labels: np.ndarray, layers: list[int],
     """
     check_val_fraction(val_fraction)
     check_checkpoint_every_s(checkpoint_every_s)
-    train_idx, val_idx = split_indices(labels, val_fraction, config.seed)
+    train_idx, val_idx = split_indices(labels, val_fraction, config.seed, groups)
     x = activations[:, layers].astype(np.float32)
     pos = x[train_idx][labels[train_idx] == 1]
     neg = x[train_idx][labels[train_idx] == 0]
@@ -255,7 +273,7 @@ def train_layers(activations: np.ndarray, labels: np.ndarray, layers: list[int],
     trainer = LayerwiseTrainer(spec, len(layers), config, mesh)
     # checkpoints belong to the data and settings that produced them: another collection, EBM
     # spec or training config starts afresh in its own folder, never from another run's state
-    key = checkpoint_key(activations, labels, layers, spec, config, val_fraction)
+    key = checkpoint_key(activations, labels, layers, spec, config, val_fraction, groups)
     checkpoints = TrainCheckpoints(os.path.join(workdir, "checkpoints", key))
     state = trainer.init_state()
     history: list = []

@@ -65,6 +65,7 @@ def maybe_initialize_distributed(cfg) -> None:
 
 def check_config(cfg) -> None:
     """What can be checked before any prompt is read or the model loads."""
+    from eds_jax.core.decoding import check_generated_states
     from eds_jax.training.infonce import TrainConfig, check_checkpoint_every_s, check_val_fraction
     try:
         check_eta_scale(cfg.steer.eta_scale)
@@ -78,6 +79,8 @@ def check_config(cfg) -> None:
         value = cfg.collect[name]
         if value < 1:
             raise ValueError(f"config.collect.{name}={value!r}: expected >= 1")
+    check_generated_states(cfg.collect.generated_states, cfg.collect.max_new_tokens,
+                           "config.collect.generated_states")
     adaptive_search(cfg)
     if cfg.gate.enabled and not 0.5 <= float(cfg.gate.harmful_quantile) <= 1:
         raise ValueError(f"config.gate.harmful_quantile={cfg.gate.harmful_quantile!r}: expected a "
@@ -340,9 +343,14 @@ def train_and_choose(cfg, workdir: str) -> TrainResult:
     phase("collect")
 
     layers = list(range(pre.config.num_layers))
-    result = infonce.train_layers(data.activations, data.labels, layers, spec, train_config,
+    # the last prompt token's states, and the first generated tokens' when collected; the gate,
+    # energy floors and hidden norms stay on the prompt states, where they are read
+    states, labels, groups = collection_lib.training_rows(data)
+    result = infonce.train_layers(states, labels, layers, spec, train_config,
                                   cfg.train.val_fraction, mesh, workdir, log=log.info,
-                                  checkpoint_every_s=float(cfg.train.checkpoint_every_s))
+                                  checkpoint_every_s=float(cfg.train.checkpoint_every_s),
+                                  groups=groups)
+    del states
     write_jsonl(os.path.join(workdir, "metrics.jsonl"), result["history"])
 
     scores = result["metrics"][cfg.train.select_by]
@@ -364,6 +372,7 @@ def train_and_choose(cfg, workdir: str) -> TrainResult:
                               "best_epoch": int(result["best_epoch"][index[layer]])} for layer in chosen}
     training = {"selected_by": cfg.train.select_by, "validation": per_layer, "label_counts": counts,
                 "split_counts": result["counts"], "train": cfg.train.to_dict(),
+                "generated_states": int(cfg.collect.generated_states),
                 "ebm": cfg.ebm.to_dict(), "data": cfg.data.to_dict()}
     model = {"source": pre.source, "family": pre.family, "hidden_size": int(pre.config.hidden_size),
              "num_layers": int(pre.config.num_layers)}
