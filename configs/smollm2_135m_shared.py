@@ -26,6 +26,9 @@ def get_config():
     c.sweep.harmful = {"harmful": source(f"{PUBLIC}/harmful_val.json"),
                        "xstest_unsafe": source(f"{PUBLIC}/xstest_unsafe_val.json")}
     c.gate.enabled = True  # steer only prompts the model's own states read as benign (README)
-    c.train.epochs = 80  # 30 left the best layers still improving (best epoch 30 of 30)
+    # the EBMs also learn at the first 8 answer tokens, where the steps act (9x the rows of the
+    # prompt token alone: 20 epochs take about as many optimiser steps as 180 did before)
+    c.collect.generated_states = 8
+    c.train.epochs = 20
     c.train.batch_size = 64
     return c

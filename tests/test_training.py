@@ -142,7 +142,9 @@ def test_train_ebm_end_to_end_then_steer_decode(tmp_path, tiny_chat_model):
             "--config.sweep.benign.prompts.limit=6", "--config.sweep.harmful.prompts.limit=6",
             # the plain grid here (the adaptive search has its own tests: tests/test_search.py)
             "--config.sweep.refine_rounds=0", "--config.sweep.screen_fraction=0",
-            "--config.gate.enabled=True", "--config.gate.folds=3", "--config.gate.layers=(1,2)"]
+            "--config.gate.enabled=True", "--config.gate.folds=3", "--config.gate.layers=(1,2)",
+            # the EBMs learn at the first 3 answer tokens too; the gate stays on prompt states
+            "--config.collect.generated_states=3"]
     proc = run_script("train_ebm.py", *args)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "label counts" in proc.stdout and "steering setting chosen on validation prompts" in proc.stdout
@@ -153,6 +155,10 @@ def test_train_ebm_end_to_end_then_steer_decode(tmp_path, tiny_chat_model):
     import eds_jax
     ebms, meta = eds_jax.load_ebms(str(workdir / "ebms"))
     assert len(ebms) == 2 and meta["training"]["selected_by"] == "auc" and meta["model"]["hidden_size"] == 64
+    assert meta["training"]["generated_states"] == 3
+    generated = np.load(next((workdir / "collect").glob("generated-*.npz")))
+    rows = sum(meta["training"]["split_counts"].values())
+    assert rows == len(generated["valid"]) + int(generated["valid"].sum()) > len(generated["valid"])
     # the deployment, the judge and the sweep travel with the EBMs
     assert meta["system"] == "Be careful." and meta["judge"]["fluency_threshold"] > 0
     # the prompt gate, fitted on the collection's kinds, is saved with them and steers the decode
@@ -207,6 +213,11 @@ def test_train_ebm_bad_input(tmp_path, tiny_chat_model):
     source = run_script("train_ebm.py", *base, "--config.data.benign.nosuch.limit=3", f"--workdir={tmp_path / 'a'}")
     assert source.returncode != 0 and "Traceback" not in source.stderr
     assert "config.data.benign has no field 'nosuch'; its fields are ['prompts']" in source.stderr
+    assert not (tmp_path / "a").exists()
+    states = run_script("train_ebm.py", *base, "--config.collect.generated_states=8", f"--workdir={tmp_path / 'a'}")
+    assert states.returncode != 0 and "Traceback" not in states.stderr
+    assert ("config.collect.generated_states=8: expected a whole number in [0, max_new_tokens=8)"
+            in states.stderr), states.stderr[-2000:]
     assert not (tmp_path / "a").exists()
     empty = tmp_path / "empty.jsonl"
     empty.write_text("\n")
