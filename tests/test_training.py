@@ -115,6 +115,24 @@ def test_labels_and_missing_classes():
     check_labels(collection(["benign", "benign"], [False, True]))
 
 
+def test_validation_auc_equals_counting_every_pair():
+    """The sorted AUC against the definition: every (positive, negative) pair, ties within the
+    float32 tolerance counted half."""
+    rng = np.random.RandomState(0)
+    pos, neg = rng.randn(3, 200).astype(np.float32), (rng.randn(3, 150) + 0.5).astype(np.float32)
+    neg[0, :40] = pos[0, :40]  # exact ties
+    neg[1, :30] = pos[1, :30] + 1e-7  # ties within the tolerance
+    neg[2] = np.round(neg[2], 1)  # many ties among the negatives
+    pos[2] = np.round(pos[2], 1)
+    p, n = pos.astype(np.float64), neg.astype(np.float64)
+    diff = p[:, :, None] - n[:, None, :]
+    tie = np.abs(diff) <= 1e-6 * (1 + np.abs(p).max(axis=1) + np.abs(n).max(axis=1))[:, None, None]
+    expected = np.mean((diff < 0) & ~tie, axis=(1, 2)) + 0.5 * np.mean(tie, axis=(1, 2))
+    auc = infonce.validation_metrics(pos, neg, 0.1)["auc"]
+    np.testing.assert_allclose(auc, expected, rtol=0, atol=1e-12)
+    assert 0.55 < auc.min() and auc.max() < 0.75
+
+
 def test_split_by_group_keeps_a_prompts_rows_together():
     from eds_jax.training.infonce import split_indices
     labels = np.array([1, 0, 1, 1, 0, 0, 1, 0, 1, 0] * 3)
