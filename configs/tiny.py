@@ -9,6 +9,7 @@ def get_config():
     c = smollm2_config()
     c.model.source = ""  # a tiny checkpoint directory, given on the command line
     c.collect.max_new_tokens = 8
+    c.collect.generated_states = 0  # tests that want generated-token states set them
     c.collect.batch_size = 8
     c.ebm.hidden_dim = 32
     c.train.epochs = 4
