@@ -1,5 +1,7 @@
-"""Exploration (session 12, not yet the pipeline): EBMs trained on generated-token states and/or
-benign rows only, searched as `train_ebm.py` would on the embedded default's collection.
+"""Exploration (session 12): EBMs trained on generated-token states and/or benign rows only,
+searched as `train_ebm.py` would on the embedded default's collection. The pipeline now has the
+generated-state variant as `config.collect.generated_states` (states taken inside the decode loop,
+validation split by prompt); this script keeps the record of the exploration's raw results.
 
   python benchmarks/explore_generated_states.py VARIANT COLLECTION_DIR WORK_DIR   (K=8 by default)
 

@@ -195,7 +195,7 @@ def collect(pre, benign: Sequence[str], harmful: Sequence[str], directory: str, 
         tmp = f"{activations_path}.{os.getpid()}.tmp.npz"
         np.savez(tmp, activations=activations, labels=labels)
         os.replace(tmp, activations_path)
-    if n_states and not os.path.isfile(generated_path):
+    if need_generated:
         tmp = f"{generated_path}.{os.getpid()}.tmp.npz"
         np.savez(tmp, states=generated, valid=generated_valid)
         os.replace(tmp, generated_path)
@@ -207,16 +207,12 @@ def training_rows(collection: Collection) -> tuple[np.ndarray, np.ndarray, np.nd
     """(states [M, L, D], labels [M], groups [M] or None): every prompt's last-token state, then
     each real generated-token state with its response's label; `groups` names each row's prompt,
     so a validation split by group keeps a prompt's states on one side (None: one row a prompt)."""
-    n = len(collection.labels)
-    states, labels, groups = [collection.activations], [collection.labels], [np.arange(n)]
-    if collection.generated is not None:
-        prompt, position = np.nonzero(collection.generated_valid)
-        states.append(collection.generated[prompt, position])
-        labels.append(collection.labels[prompt])
-        groups.append(prompt)
-    if len(states) == 1:
+    if collection.generated is None:
         return collection.activations, collection.labels, None
-    return np.concatenate(states), np.concatenate(labels), np.concatenate(groups)
+    prompt, position = np.nonzero(collection.generated_valid)
+    return (np.concatenate([collection.activations, collection.generated[prompt, position]]),
+            np.concatenate([collection.labels, collection.labels[prompt]]),
+            np.concatenate([np.arange(len(collection.labels)), prompt]))
 
 
 def check_labels(collection: Collection) -> None:
