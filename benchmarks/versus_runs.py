@@ -23,7 +23,7 @@ from absl import app, flags
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-from eds_jax.evaluation.metrics import METRIC, paired_delta  # noqa: E402
+from eds_jax.evaluation.metrics import METRIC, paired_delta, refusal_changes  # noqa: E402
 
 flags.DEFINE_string("a", None, "evaluation output directory of method A", required=True)
 flags.DEFINE_string("method_a", "eds", "method A")
@@ -79,12 +79,10 @@ def compare(a: dict, b: dict, method_a: str, method_b: str, reference: str) -> l
 
 
 def _row(name, kind, metric, got):
-    base_refused = got["base"] == "refusal"
-    removed = {k: (int((base_refused & (got[k] != "refusal")).sum()), int((~base_refused & (got[k] == "refusal")).sum()))
-               for k in ("a", "b")}
+    removed = {k: refusal_changes(got["base"], got[k]) for k in ("a", "b")}
     return {"set": name, "kind": kind, "metric": metric, "n": len(got["base"]),
             "count": {k: int((v == metric).sum()) for k, v in got.items()},
-            "refused": int(base_refused.sum()), "removed": removed,
+            "refused": int((got["base"] == "refusal").sum()), "removed": removed,
             "a_minus_b": paired_delta(got["a"] == metric, got["b"] == metric)}
 
 

@@ -82,6 +82,12 @@ def summarise(sets, outcomes: dict, responses: dict | None = None, num_boot: int
     return results
 
 
+def refusal_changes(reference: Sequence[str], outcomes: Sequence[str]) -> tuple[int, int]:
+    """(refusals taken away, refusals added) going from `reference` to `outcomes`, prompt by prompt."""
+    ref, out = np.asarray(reference) == "refusal", np.asarray(outcomes) == "refusal"
+    return int(np.sum(ref & ~out)), int(np.sum(~ref & out))
+
+
 def _summarise_set(kind: str, path: str, by_method: dict, num_boot: int, seed: int) -> dict:
     methods = list(by_method)
     reference = np.asarray(by_method[methods[0]])
@@ -91,9 +97,8 @@ def _summarise_set(kind: str, path: str, by_method: dict, num_boot: int, seed: i
     per_method = {m: _entry(np.asarray(by_method[m]), None if i == 0 else reference, METRIC[kind],
                             num_boot, seed) for i, m in enumerate(methods)}
     for m in methods[1:]:  # selectivity: which refusals a method took away or added, prompt by prompt
-        outcomes = np.asarray(by_method[m])
-        per_method[m]["refusals_removed"] = int(np.sum((reference == "refusal") & (outcomes != "refusal")))
-        per_method[m]["refusals_added"] = int(np.sum((reference != "refusal") & (outcomes == "refusal")))
+        removed, added = refusal_changes(reference, by_method[m])
+        per_method[m]["refusals_removed"], per_method[m]["refusals_added"] = removed, added
     return {"kind": kind, "metric": METRIC[kind], "path": path, "reference": methods[0],
             "methods": per_method}
 
