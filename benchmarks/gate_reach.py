@@ -40,6 +40,7 @@ def read_pairs(pairs: list[str]) -> list[tuple[str, object, list[dict]]]:
     """(name, saved steering, evaluation rows) per NAME:EBMS_DIR:EVAL_DIR, all read before the
     model loads, so a bad pair fails at once."""
     import eds_jax
+    from eds_jax.common.files import read_jsonl
 
     if not pairs:
         raise app.UsageError("give at least one --pair=NAME:EBMS_DIR:EVAL_DIR")
@@ -52,8 +53,7 @@ def read_pairs(pairs: list[str]) -> list[tuple[str, object, list[dict]]]:
         saved = eds_jax.load_steering(ebms)
         if saved.gate is None:
             raise app.UsageError(f"{ebms} holds no prompt gate")
-        with open(os.path.join(eval_dir, "responses.jsonl")) as f:
-            read.append((name, saved, [json.loads(line) for line in f]))
+        read.append((name, saved, read_jsonl(os.path.join(eval_dir, "responses.jsonl"))))
     return read
 
 

@@ -39,8 +39,8 @@ def flips(rows, method, reference):
 def main(argv):
     if len(argv) != 2:
         raise app.UsageError("give one evaluation output directory")
-    with open(os.path.join(argv[1], "responses.jsonl")) as f:
-        rows = [json.loads(line) for line in f if line.strip()]
+    from eds_jax.common.files import read_jsonl
+    rows = read_jsonl(os.path.join(argv[1], "responses.jsonl"))
     moved = flips(rows, FLAGS.method, FLAGS.reference)
     for key in sorted(moved):
         print(f"{key[0]}: {key[1]} -> {key[2]}: {len(moved[key])}")

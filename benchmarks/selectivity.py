@@ -35,6 +35,7 @@ def main(argv):
     import jax.numpy as jnp
     import models
     import eds_jax
+    from eds_jax.common.files import read_jsonl
     from eds_jax.judging.refusal import is_refusal
     from eds_jax.training.collect import last_token_activations
     from eds_jax.training.gate import auc, fit_prompt_gate
@@ -43,8 +44,8 @@ def main(argv):
     work = FLAGS.workdir
     saved = eds_jax.load_steering(os.path.join(work, "ebms"), gate=False)
     collected = np.load(glob.glob(os.path.join(work, "collect", "activations-*.npz"))[0])
-    responses = [json.loads(l) for l in open(glob.glob(os.path.join(work, "collect", "responses-*.jsonl"))[0])]
-    rows = [json.loads(l) for l in open(os.path.join(work, "sweep_responses.jsonl"))]
+    responses = read_jsonl(glob.glob(os.path.join(work, "collect", "responses-*.jsonl"))[0])
+    rows = read_jsonl(os.path.join(work, "sweep_responses.jsonl"))
     rows = [r for r in rows if r["setting"] == "unsteered"]
     prompts = [r["prompt"] for r in rows]
     kinds = np.array([r["kind"] for r in rows])

@@ -23,6 +23,7 @@ from absl import app, flags
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
+from eds_jax.common.files import read_jsonl  # noqa: E402
 from eds_jax.evaluation.metrics import METRIC, paired_delta, refusal_changes  # noqa: E402
 
 flags.DEFINE_string("a", None, "evaluation output directory of method A", required=True)
@@ -38,8 +39,7 @@ def load(directory: str) -> dict:
     path = os.path.join(directory, "responses.jsonl")
     if not os.path.exists(path):
         raise ValueError(f"{directory!r} holds no responses.jsonl; expected an evaluation output directory")
-    with open(path) as f:
-        rows = [json.loads(line) for line in f if line.strip()]
+    rows = read_jsonl(path)
     return {(r["set"], r["method"], r["prompt"]): r for r in rows}
 
 

@@ -49,6 +49,12 @@ def write_jsonl(path: str, rows) -> None:
     write_text(path, "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows))
 
 
+def read_jsonl(path: str) -> list[dict]:
+    """The rows of a JSON-lines file (blank lines skipped): the reverse of `write_jsonl`."""
+    with open(path, encoding="utf-8") as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
 def write_partial(path: str, run_key: str, rows) -> None:
     """A killed run's finished rows: the run's key on the first line, then the rows (atomically)."""
     write_jsonl(path, [{"run": run_key}] + list(rows))
@@ -60,8 +66,7 @@ def read_partial(path, run_key: str) -> list[dict]:
     if not path or not os.path.isfile(path):
         return []
     try:
-        with open(path, encoding="utf-8") as f:
-            lines = [json.loads(line) for line in f if line.strip()]
+        lines = read_jsonl(path)
         if lines and not all(isinstance(line, dict) for line in lines):
             raise ValueError("a line is not a JSON object")
     except (ValueError, UnicodeDecodeError) as err:

@@ -299,11 +299,11 @@ def rejudge(opts: EvalOptions, directory: str) -> dict:
         if not os.path.isfile(path):
             raise EvalError(f"--rejudge={directory!r} has no {os.path.basename(path)}; expected "
                                  "an output directory of python -m eds_jax.evaluate")
+    from eds_jax.common.files import read_jsonl
     with open(paths["results.json"]) as f:
         earlier = json.load(f)
     header = {k: v for k, v in earlier.items() if k not in ("sets", "wall_time_s")}
-    with open(paths["responses.jsonl"]) as f:
-        rows = [json.loads(line) for line in f if line.strip()]
+    rows = read_jsonl(paths["responses.jsonl"])
     judge = helpfulness_judge(opts, header["judge"])  # with opts.fluency_threshold / judge
     refuse = get_judge(judge.refusal)
     unscored = [i for i, r in enumerate(rows) if r["nll"] is None and r["response"].strip()

@@ -22,7 +22,7 @@ import numpy as np
 
 from eds_jax.datasets.prompt_files import load_prompts
 
-from eds_jax.common.files import write_jsonl
+from eds_jax.common.files import read_jsonl, write_jsonl
 from eds_jax.core.decoding import (bucket_length, chat_batches, check_generated_states, generate_text,
                                    pad_to_bucket)
 
@@ -168,8 +168,7 @@ def collect(pre, benign: Sequence[str], harmful: Sequence[str], directory: str, 
             generated, generated_valid = f["states"], f["valid"]
     need_generated = bool(n_states) and generated is None
     if cached and not need_generated:
-        with open(responses_path) as f:
-            responses = [json.loads(line)["response"] for line in f]
+        responses = [row["response"] for row in read_jsonl(responses_path)]
     else:  # the decode hands back the activations (and generated states): no second forward pass
         cached = False
         responses, outputs = generate_text(
