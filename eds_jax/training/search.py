@@ -30,6 +30,7 @@ from typing import Callable, Optional, Sequence
 
 import numpy as np
 
+from eds_jax.evaluation.metrics import refusal_changes
 from eds_jax.judging.helpfulness import HELPFUL, INCOHERENT, REFUSAL, HelpfulnessJudge, Judged
 
 UNSTEERED = "unsteered"
@@ -59,10 +60,10 @@ def _row(setting: dict, judged: Judged, kinds: np.ndarray, sources: Optional[np.
     benign, harmful = np.flatnonzero(kinds == "benign"), np.flatnonzero(kinds == "harmful")
     row = dict(setting)
     if base is not None:  # selectivity: the unsteered refusals this setting took away, per kind
-        before = np.asarray(base.outcomes) == REFUSAL
-        removed = before & (np.asarray(judged.outcomes) != REFUSAL)
-        row["refusals_removed"] = {kind: [int(removed[kinds == kind].sum()), int(before[kinds == kind].sum())]
-                                   for kind in ("benign", "harmful")}
+        was, now = np.asarray(base.outcomes), np.asarray(judged.outcomes)
+        row["refusals_removed"] = {
+            kind: [refusal_changes(was[kinds == kind], now[kinds == kind])[0],
+                   int((was[kinds == kind] == REFUSAL).sum())] for kind in ("benign", "harmful")}
         # the paired evidence behind a gain: benign prompts that became helpful, and that stopped being
         was, now = (np.asarray(o)[benign] == HELPFUL for o in (base.outcomes, judged.outcomes))
         row["benign_helpful_gained_lost"] = [int((now & ~was).sum()), int((was & ~now).sum())]
