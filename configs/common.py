@@ -87,6 +87,11 @@ def base_config():
         "min_ratio": 1.2,
         "screen_fraction": 0.5,  # 0: every setting on every validation prompt
         "screen_margin": 0.05,
+        # a seeded share of the validation prompts (each kind) held back from the search: its best
+        # `confirm_candidates` settings are decoded there too, and the first that passes the rule
+        # again is kept (search.confirm_choice); 0: the search's best is kept as it is
+        "confirm_fraction": 0.0,
+        "confirm_candidates": 3,
         "num_steps": (),  # empty: (c.steer.num_steps,)
         "top_n_layers": (),  # empty: (c.steer.top_n_layers,)
         # each q adds the same etas with an energy floor (Steering(energy_floor=...)): a row steps

@@ -182,3 +182,63 @@ def test_run_search_judges_the_baseline_with_the_given_scores(monkeypatch):
     with pytest.raises(ValueError, match="baseline_nll scores given baseline responses"):
         search.run_search(None, ["b0"], ["h0"], [group], Recording(), search.GRID, system=None,
                           max_new_tokens=4, batch_size=8, progress=False, baseline_nll=np.zeros(2))
+
+
+def test_confirm_choice_keeps_the_best_setting_that_passes_again_on_held_back_prompts(monkeypatch):
+    """The search's best setting (0.3) passed the rule on its prompts by luck: on the held-back
+    prompts ("c…") it turns 3 of 10 benign answers incoherent. The next best (0.1) passes there too
+    and is kept; when no candidate passes, the model stays unsteered."""
+    import eds_jax.core.decoding as decoding
+    decoded = []
+
+    def answer(prompt, value):
+        i = int(prompt[1:])
+        if prompt[0] == "h":
+            return REFUSAL
+        if prompt[0] == "c" and value >= 0.3 and i < 3:
+            return INCOHERENT
+        return HELPFUL if i < 4 + 20 * value else REFUSAL
+
+    def fake_generate(pre, prompts, steering=None, **_):
+        decoded.append(sorted(set(np.round(steering, 3).tolist())))
+        return [answer(p, float(v)) for p, v in zip(prompts, steering)]
+
+    monkeypatch.setattr(decoding, "generate_text", fake_generate)
+    group = search.SettingGroup({"layers": [1]}, "eta", (0.03, 0.1, 0.3), lambda v: v)
+    benign, harmful = [f"b{i}" for i in range(10)], ["h0", "h1"]
+    held_benign, held_harmful = [f"c{i}" for i in range(10)], ["h2", "h3"]
+    base = lambda prompts: [answer(p, 0.0) for p in prompts]
+    table, _ = search.run_search(None, benign, harmful, [group], FakeJudge(), search.GRID, TOL, system=None,
+                                 max_new_tokens=4, batch_size=8, progress=False, baseline=base(benign + harmful))
+    assert search.choose_setting(table, TOL)[0]["eta"] == 0.3  # helpful 0.4 -> 1.0 on the search's prompts
+    decoded.clear()
+    common = dict(candidates=2, baseline=base(held_benign + held_harmful), system=None, max_new_tokens=4,
+                  batch_size=8, progress=False)
+    row, reason, confirmed = search.confirm_choice(None, table, [group], FakeJudge(), TOL, held_benign,
+                                                   held_harmful, **common)
+    assert row["eta"] == 0.1 and row is next(r for r in table if r.get("eta") == 0.1)
+    assert decoded == [[0.1, 0.3]]  # the two best, in one batch, on the held-back prompts only
+    by_eta = {r.get("eta"): r for r in confirmed}
+    assert by_eta[0.3]["benign_incoherent"] == 0.3 and by_eta[0.1]["benign_helpful"] == 0.6
+    assert "confirmed on 10 + 2 held-back validation prompts: benign helpful 40.0% -> 60.0%" in reason
+    assert "failed there first: layers=[1] eta=0.3" in reason
+    # one candidate only, and it fails there: unsteered
+    row, reason, _ = search.confirm_choice(None, table, [group], FakeJudge(), TOL, held_benign, held_harmful,
+                                           **(common | {"candidates": 1}))
+    assert row is table[0] and "none of the 1 best settings passed the rule again" in reason
+
+
+def test_hold_back_splits_each_kind_and_checks_the_config():
+    from configs.smollm2_135m import get_config
+    from eds_jax.training import pipeline
+    searched, held = pipeline.hold_back(10, 4, 0.5, seed=0)
+    assert sorted(np.concatenate([searched, held]).tolist()) == list(range(14))
+    assert (held < 10).sum() == 5 and (held >= 10).sum() == 2
+    assert pipeline.hold_back(10, 4, 0.0, seed=0)[1].size == 0
+    cfg = get_config()
+    cfg.sweep.confirm_fraction = 1.0
+    with pytest.raises(ValueError, match=r"config.sweep.confirm_fraction=1.0: expected a share"):
+        pipeline.check_config(cfg)
+    cfg.sweep.confirm_fraction, cfg.sweep.confirm_candidates = 0.5, 0
+    with pytest.raises(ValueError, match=r"config.sweep.confirm_candidates=0: expected an integer >= 1"):
+        pipeline.check_config(cfg)

@@ -157,7 +157,9 @@ def test_train_ebm_end_to_end_then_steer_decode(tmp_path, tiny_chat_model):
     args = ["--config=configs/tiny.py", f"--config.model.source={tiny_chat_model}", f"--workdir={workdir}",
             "--config.sweep.etas=(0.02,0.08)", "--config.sweep.max_new_tokens=4",
             "--config.steer.eta_scale=hidden_norm", "--config.sweep.energy_floor_quantiles=(0.5,)",
-            "--config.sweep.benign.prompts.limit=6", "--config.sweep.harmful.prompts.limit=6",
+            "--config.sweep.benign.prompts.limit=8", "--config.sweep.harmful.prompts.limit=8",
+            # half of them held back to confirm the search's best settings
+            "--config.sweep.confirm_fraction=0.5", "--config.sweep.confirm_candidates=2",
             # the plain grid here (the adaptive search has its own tests: tests/test_search.py)
             "--config.sweep.refine_rounds=0", "--config.sweep.screen_fraction=0",
             "--config.gate.enabled=True", "--config.gate.folds=3", "--config.gate.layers=(1,2)",
@@ -185,7 +187,10 @@ def test_train_ebm_end_to_end_then_steer_decode(tmp_path, tiny_chat_model):
     table = meta["sweep"]["table"]
     # eta swept as a fraction of each layer's median hidden-state norm over the collection
     assert [r.get("eta_fraction") for r in table] == [None, 0.02, 0.08, 0.02, 0.08]
-    assert table[0]["benign_n"] == 6
+    assert table[0]["benign_n"] == 4  # the search's half
+    confirmation = meta["sweep"]["confirmation"]
+    assert confirmation["prompts"] == {"benign": 4, "harmful": 4} and len(confirmation["table"]) in (0, 2, 3)
+    assert all(r["benign_n"] == 4 and r["harmful_n"] == 4 for r in confirmation["table"])
     assert [r.get("energy_floor_quantile") for r in table] == [None, None, None, 0.5, 0.5]
     chosen = [r for r in table if r["setting"] == meta["sweep"]["chosen"]][0]
     steer = meta["steering"]
@@ -205,7 +210,7 @@ def test_train_ebm_end_to_end_then_steer_decode(tmp_path, tiny_chat_model):
     if floor is not None:
         assert sorted(int(k) for k in floor) == sorted(int(k) for k in ebms)
     swept = [json.loads(line) for line in (workdir / "sweep_responses.jsonl").read_text().splitlines()]
-    assert len(swept) == 5 * 12
+    assert len(swept) == 5 * 8
     out = tmp_path / "steered.jsonl"
     proc = run_script("steer_decode.py", f"--model={tiny_chat_model}", f"--ebms={workdir / 'ebms'}",
                       "--prompt=Hello there", "--max_new_tokens=6", f"--output={out}")

@@ -89,6 +89,12 @@ def check_config(cfg) -> None:
         raise ValueError(f"config.gate.folds={cfg.gate.folds!r}: expected >= 2")
     if any(not float(v) > 0 for v in cfg.sweep.etas):
         raise ValueError(f"config.sweep.etas={tuple(cfg.sweep.etas)!r}: expected step sizes > 0")
+    if not 0.0 <= float(cfg.sweep.confirm_fraction) < 1.0:
+        raise ValueError(f"config.sweep.confirm_fraction={cfg.sweep.confirm_fraction!r}: expected a "
+                         "share of the validation prompts in [0, 1) (0: no confirmation)")
+    if isinstance(cfg.sweep.confirm_candidates, bool) or int(cfg.sweep.confirm_candidates) < 1:
+        raise ValueError(f"config.sweep.confirm_candidates={cfg.sweep.confirm_candidates!r}: expected "
+                         "an integer >= 1")
     if cfg.steer.top_n_layers < 1 or any(int(n) < 1 for n in cfg.sweep.top_n_layers):
         raise ValueError("config.steer.top_n_layers / sweep.top_n_layers must be >= 1")
 
@@ -130,6 +136,18 @@ def adaptive_search(cfg):
                               float(s.screen_fraction), float(s.screen_margin))
     except ValueError as error:
         raise ValueError(f"config.sweep: {error}") from None
+
+
+def hold_back(n_benign: int, n_harmful: int, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """(searched, held back): positions in benign + harmful validation prompts; a seeded `fraction`
+    of each kind (at least one) is held back to confirm the search's choice (none when 0)."""
+    from eds_jax.training.search import screen_indices
+    everything = np.arange(n_benign + n_harmful)
+    if fraction == 0:
+        return everything, everything[:0]
+    kinds = np.array(["benign"] * n_benign + ["harmful"] * n_harmful)
+    held = screen_indices(kinds, fraction, seed + 1)  # another sample than the search's screen
+    return np.setdiff1d(everything, held), held
 
 
 def energy_floors(ebms: dict, activations, labels, quantiles) -> dict:
@@ -225,12 +243,34 @@ def choose_steering(cfg, pre, ranked: list[int], layer_ebm, validation: tuple[li
         print(f"prompt gate opens {reach['benign'][0]} of {len(benign)} benign and "
               f"{reach['harmful'][0]} of {len(harmful)} harmful validation prompts; the search "
               "decodes only those", flush=True)
-    table, responses = search.run_search(pre, benign, harmful, groups, judge, adaptive,
-                                         tolerances, baseline=unsteered, baseline_nll=nll,
-                                         seed=int(cfg.data.seed),
-                                         harmful_sources=harmful_sources, opened=opened, **options)
+    # the search sees only its share of the validation prompts; the rest confirm its best settings
+    n_benign, prompts = len(benign), benign + harmful
+    searched, held = hold_back(n_benign, len(harmful), float(s.confirm_fraction), int(cfg.data.seed))
+
+    def split(at):  # run_search's arguments for the validation prompts at positions `at`
+        harmful_at = [i - n_benign for i in at if i >= n_benign]
+        return dict(benign=[prompts[i] for i in at if i < n_benign], harmful=[harmful[i] for i in harmful_at],
+                    baseline=[unsteered[i] for i in at], baseline_nll=np.asarray(nll)[at],
+                    harmful_sources=None if harmful_sources is None else [harmful_sources[i] for i in harmful_at],
+                    opened=None if opened is None else np.asarray(opened)[at])
+
+    held_args = split(held)
+    args = split(searched)
+    benign, harmful = args.pop("benign"), args.pop("harmful")
+    table, responses = search.run_search(pre, benign, harmful, groups, judge, adaptive, tolerances,
+                                         seed=int(cfg.data.seed), **args, **options)
+    confirmation = None
+    if held.size:
+        confirm_benign, confirm_harmful = held_args.pop("benign"), held_args.pop("harmful")
+        row, reason, confirmed = search.confirm_choice(
+            pre, table, groups, judge, tolerances, confirm_benign, confirm_harmful,
+            candidates=int(s.confirm_candidates), **held_args, **options)
+        confirmation = {"fraction": float(s.confirm_fraction), "candidates": int(s.confirm_candidates),
+                        "prompts": {"benign": len(confirm_benign), "harmful": len(confirm_harmful)},
+                        "table": confirmed}
+    else:
+        row, reason = search.choose_setting(table, tolerances)
     search_s = time.time() - started
-    row, reason = search.choose_setting(table, tolerances)
     log.info("sweep: %s", reason)
     if jax.process_index() == 0:
         write_jsonl(os.path.join(workdir, "sweep_responses.jsonl"),
@@ -248,7 +288,7 @@ def choose_steering(cfg, pre, ranked: list[int], layer_ebm, validation: tuple[li
                             "max_incoherence_rise": s.max_incoherence_rise},
              "max_new_tokens": int(s.max_new_tokens), "seed": int(cfg.data.seed),
              "search": dataclasses.asdict(adaptive), "search_wall_time_s": round(search_s, 1),
-             "gate_opened": reach}
+             "gate_opened": reach, "confirmation": confirmation}
     if row["setting"] == search.UNSTEERED:
         return (settings(ranked[:tops[0]], 0.0, steps_list[0], unsteered=True, chosen=True),
                 judge.to_dict(), sweep)

@@ -20,7 +20,8 @@ the grid's edge when the best sits on it. `next_values` is the pure rule, testab
 when no steered setting satisfies both and beats the unsteered helpfulness, it keeps the unsteered
 setting and says why. Its reason gives the chosen setting's paired evidence (benign validation
 prompts that became helpful and that stopped being, a sign test) and flags a gain within the noise:
-the best of many settings on a few prompts is optimistic.
+the best of many settings on a few prompts is optimistic. `confirm_choice` checks the best few
+again on held-back validation prompts and keeps the first that passes there too.
 """
 from __future__ import annotations
 
@@ -373,6 +374,58 @@ def choose_setting(table: Sequence[dict], tolerances: Tolerances) -> tuple[dict,
                   f"{best['benign_helpful']:.1%}, harmful refusal {base['harmful_refusal']:.1%} -> "
                   f"{best['harmful_refusal']:.1%}, incoherent {base['incoherent']:.1%} -> "
                   f"{best['incoherent']:.1%}" + evidence(best))
+
+
+def confirm_choice(pre, table: Sequence[dict], groups: Sequence[SettingGroup], judge: HelpfulnessJudge,
+                   tolerances: Tolerances, benign: Sequence[str], harmful: Sequence[str], *,
+                   candidates: int, baseline: list[str], baseline_nll=None,
+                   harmful_sources: Optional[Sequence[str]] = None,
+                   opened: Optional[Sequence[bool]] = None, progress: bool = True,
+                   **options) -> tuple[dict, str, list[dict]]:
+    """(chosen row, reason, confirmation table): the search's best settings checked on held-back
+    validation prompts it never saw.
+
+    The best of many settings on a few prompts is optimistic, most of all in incoherence near the
+    step length where answers break down: a setting can pass the rule on the search's prompts by
+    luck. The `candidates` best settings that pass the rule there (by benign helpfulness) are
+    decoded on `benign` + `harmful` (the held-back prompts; `baseline`, their unsteered answers);
+    the first that passes it again is kept, else the model stays unsteered. The returned row is
+    the search table's (its rates on the search's prompts); the reason gives both."""
+    base = table[0]
+    ranked = sorted((r for r in table[1:] if feasible(r, base, tolerances)
+                     and r["benign_helpful"] > base["benign_helpful"]),
+                    key=lambda r: -r["benign_helpful"])[:candidates]
+    if not ranked:
+        row, reason = choose_setting(table, tolerances)
+        return row, reason, []
+    by_label = {}
+    for row in ranked:
+        g = next(g for g, group in enumerate(groups)
+                 if row["setting"] == setting_label(dict(group.fixed) | {group.name: row.get(group.name)}))
+        by_label.setdefault(g, []).append(row[groups[g].name])
+    checks = [SettingGroup(groups[g].fixed, groups[g].name, tuple(values), groups[g].build)
+              for g, values in by_label.items()]
+    n = f"{len(benign)} + {len(harmful)} held-back validation prompts"
+    if progress:
+        print(f"confirming the {len(ranked)} best settings on {n}:", flush=True)
+    confirmed, _ = run_search(pre, benign, harmful, checks, judge, GRID, tolerances, baseline=baseline,
+                              baseline_nll=baseline_nll, harmful_sources=harmful_sources,
+                              opened=opened, progress=progress, **options)
+    again = {r["setting"]: r for r in confirmed[1:]}
+    cbase = confirmed[0]
+    failed = []
+    for row in ranked:
+        check = again[row["setting"]]
+        if feasible(check, cbase, tolerances) and check["benign_helpful"] > cbase["benign_helpful"]:
+            _, reason = choose_setting([base, row], tolerances)
+            return row, (f"{reason}; confirmed on {n}: benign helpful {cbase['benign_helpful']:.1%} -> "
+                         f"{check['benign_helpful']:.1%}, harmful refusal {cbase['harmful_refusal']:.1%} "
+                         f"-> {check['harmful_refusal']:.1%}, incoherent {cbase['incoherent']:.1%} -> "
+                         f"{check['incoherent']:.1%}" + (f" (failed there first: {', '.join(failed)})"
+                                                        if failed else "")), confirmed
+        failed.append(row["setting"])
+    return base, (f"none of the {len(ranked)} best settings passed the rule again on {n} "
+                  f"({', '.join(failed)}); keeping it unsteered"), confirmed
 
 
 def sign_test(gained: int, lost: int) -> float:
