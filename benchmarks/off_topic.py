@@ -27,9 +27,6 @@ sys.path.insert(0, ROOT)
 
 from eds_jax.common.files import read_jsonl  # noqa: E402
 
-flags.DEFINE_string("method", "eds", "the method compared with the reference")
-flags.DEFINE_string("reference", "baseline", "the reference method")
-flags.DEFINE_integer("show", 0, "refusals turned into off-topic answers, printed per directory")
 FLAGS = flags.FLAGS
 
 STOPWORDS = frozenset("""about above after again against also another answer because been before being
@@ -100,4 +97,8 @@ def main(argv):
 
 
 if __name__ == "__main__":
+    # defined here, not on import: tests import this module beside other scripts with the same flags
+    flags.DEFINE_string("method", "eds", "the method compared with the reference")
+    flags.DEFINE_string("reference", "baseline", "the reference method")
+    flags.DEFINE_integer("show", 0, "refusals turned into off-topic answers, printed per directory")
     app.run(main)
