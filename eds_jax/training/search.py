@@ -398,13 +398,13 @@ def confirm_choice(pre, table: Sequence[dict], groups: Sequence[SettingGroup], j
     if not ranked:
         row, reason = choose_setting(table, tolerances)
         return row, reason, []
-    by_label = {}
+    by_group = {}
     for row in ranked:
         g = next(g for g, group in enumerate(groups)
                  if row["setting"] == setting_label(dict(group.fixed) | {group.name: row.get(group.name)}))
-        by_label.setdefault(g, []).append(row[groups[g].name])
+        by_group.setdefault(g, []).append(row[groups[g].name])
     checks = [SettingGroup(groups[g].fixed, groups[g].name, tuple(values), groups[g].build)
-              for g, values in by_label.items()]
+              for g, values in by_group.items()]
     n = f"{len(benign)} + {len(harmful)} held-back validation prompts"
     if progress:
         print(f"confirming the {len(ranked)} best settings on {n}:", flush=True)
