@@ -139,6 +139,9 @@ def test_run_search_screens_refines_and_merges(monkeypatch):
     assert "within the noise" not in reason
     assert calls[0] == 30  # the unsteered run on every prompt, then screens of 15 prompts per value
     assert calls[1] == 15 * 5
+    # every row names its group and float, which the monotone rule reads; here it agrees
+    assert all(r["group"] == "layers=[1]" and r["swept"] == "eta" for r in table[1:])
+    assert search.choose_setting(table, search.Tolerances(0.05, 0.05, monotone=True))[0] is best
 
 
 def test_deployments_resolve_by_name():
@@ -242,3 +245,53 @@ def test_hold_back_splits_each_kind_and_checks_the_config():
     cfg.sweep.confirm_fraction, cfg.sweep.confirm_candidates = 0.5, 0
     with pytest.raises(ValueError, match=r"config.sweep.confirm_candidates=0: expected an integer >= 1"):
         pipeline.check_config(cfg)
+
+
+def _row(value, incoherent, refusal=0.4, helpful=0.6, group="layers=[1]", **extra):
+    return {"setting": f"{group} eta={value}", "group": group, "swept": "eta", "eta": value,
+            "benign_helpful": helpful, "harmful_refusal": refusal, "incoherent": incoherent, **extra}
+
+
+def test_monotone_rule_rejects_a_setting_whose_gentler_neighbour_broke_down():
+    """A dip in incoherence at the breakdown edge (noise of a few prompts) passes the plain rule;
+    under the monotone rule a setting passes only when every gentler one in its group passed."""
+    table = [BASE,
+             _row(0.1, 0.03, helpful=0.62), _row(0.3, 0.04, helpful=0.66),
+             _row(0.5, 0.12, helpful=0.70),  # broke down: +10 points incoherent
+             _row(0.7, 0.05, helpful=0.80),  # read coherent again: the dip
+             _row(0.05, 0.02, helpful=0.64, group="floor"), _row(0.2, 0.09, helpful=0.65, group="floor")]
+    plain, _ = search.choose_setting(table, TOL)
+    assert plain["eta"] == 0.7
+    mono = search.Tolerances(0.05, 0.05, monotone=True)
+    best, reason = search.choose_setting(table, mono)
+    # the best that passes with its whole gentler side: 0.3 in the first group (0.66 > the floor
+    # group's 0.64; 0.2 there rose 7 points); the returned row keeps its own measured rates
+    assert best["eta"] == 0.3 and best["group"] == "layers=[1]" and best["incoherent"] == 0.04, reason
+    envelope = {(r["group"], r["eta"]): r for r in search.monotone_envelope(table[1:])}
+    assert envelope[("layers=[1]", 0.7)]["incoherent"] == 0.12
+    assert envelope[("layers=[1]", 0.3)]["incoherent"] == 0.04
+    assert table[4]["incoherent"] == 0.05  # the table itself is not changed
+
+
+def test_monotone_envelope_carries_refusal_per_source_and_screened_rows_forward():
+    rows = [_row(0.1, 0.02, refusal=0.30, harmful_refusal_by_source={"a": 0.5, "b": 0.2}),
+            _row(0.2, 0.02, refusal=0.35, harmful_refusal_by_source={"a": 0.4, "b": 0.3}),
+            _row(0.4, 0.02, screened_out=True), _row(0.8, 0.02)]
+    out = search.monotone_envelope(list(reversed(rows)))  # order in the table does not matter
+    by = {r["eta"]: r for r in out}
+    assert by[0.2]["harmful_refusal"] == 0.30
+    assert by[0.2]["harmful_refusal_by_source"] == {"a": 0.4, "b": 0.2}
+    assert by[0.8]["screened_out"] and not by[0.2]["screened_out"]  # longer than a dropped step
+    with pytest.raises(ValueError, match="has no group"):
+        search.monotone_envelope([{"setting": "v=1", "v": 1.0}])
+
+
+def test_monotone_rule_steers_the_refinement_too():
+    """`next_values` refines around the setting the monotone rule keeps, not past the dip."""
+    incoherent = {0.01: 0.02, 0.0316: 0.02, 0.1: 0.02, 0.316: 0.15, 1.0: 0.02}
+    evaluated = {0: {v: _row(v, incoherent[v], helpful=0.5 + v / 4) for v in COARSE}}
+    proposals, _ = search.next_values(evaluated, BASE, TOL, extensions_left=2)
+    assert sorted(v for _, v in proposals) == pytest.approx([np.sqrt(0.316), 3.164], rel=1e-3)
+    proposals, _ = search.next_values(evaluated, BASE, search.Tolerances(0.05, 0.05, True),
+                                      extensions_left=2)
+    assert sorted(v for _, v in proposals) == pytest.approx([np.sqrt(0.00316), np.sqrt(0.0316)], rel=1e-3)

@@ -232,7 +232,7 @@ def choose_steering(cfg, pre, ranked: list[int], layer_ebm, validation: tuple[li
     nll = helpfulness.answer_nll(pre, benign + harmful, unsteered, cfg.collect.judge, int(s.batch_size))
     judge = helpfulness.calibrated_judge(pre, benign + harmful, unsteered, cfg.collect.judge,
                                          s.fluency_quantile, s.fluency_margin, int(s.batch_size), nll=nll)
-    tolerances = search.Tolerances(s.max_refusal_drop, s.max_incoherence_rise)
+    tolerances = search.Tolerances(s.max_refusal_drop, s.max_incoherence_rise, bool(s.monotone))
     adaptive = adaptive_search(cfg)
     started = time.time()
     opened, reach = None, None
@@ -284,8 +284,7 @@ def choose_steering(cfg, pre, ranked: list[int], layer_ebm, validation: tuple[li
     sweep = {"table": table, "chosen": row["setting"], "reason": reason,
              "benign": {k: v.to_dict() for k, v in s.benign.items()},
              "harmful": {k: v.to_dict() for k, v in s.harmful.items()},
-             "tolerances": {"max_refusal_drop": s.max_refusal_drop,
-                            "max_incoherence_rise": s.max_incoherence_rise},
+             "tolerances": dataclasses.asdict(tolerances),
              "max_new_tokens": int(s.max_new_tokens), "seed": int(cfg.data.seed),
              "search": dataclasses.asdict(adaptive), "search_wall_time_s": round(search_s, 1),
              "gate_opened": reach, "confirmation": confirmation}

@@ -220,7 +220,7 @@ def run_search(pre, benign: Sequence[str], harmful: Sequence[str], groups: Seque
                                      tolerances, search.screen_margin):
                 setting = record(group, value, texts, [])
                 evaluated[g][value] = _row({"setting": setting_label(setting)} | setting, judged,
-                                           kinds[screen], None) | {"screened_out": True}
+                                           kinds[screen], None) | {"screened_out": True} | family(group)
             else:
                 kept.append((value, texts, judged))
         second = run(group, [v for v, _, _ in kept], rest) if rest.size and kept else [[]] * len(kept)
@@ -230,7 +230,10 @@ def run_search(pre, benign: Sequence[str], harmful: Sequence[str], groups: Seque
                 judged = judged.merged(screen, more_judged, rest)
             setting = record(group, value, texts, more)
             evaluated[g][value] = _row({"setting": setting_label(setting)} | setting, judged, kinds, sources,
-                                       base_judged)
+                                       base_judged) | family(group)
+
+    def family(group) -> dict:  # which group a row belongs to, and which float it varies
+        return {"group": setting_label(group.fixed), "swept": group.name}
 
     def record(group, value, screened, more) -> dict:
         """The setting of `group` at `value`; its responses go in place (None where it never ran)."""
@@ -337,6 +340,59 @@ def setting_label(setting: dict) -> str:
 class Tolerances:
     max_refusal_drop: float = 0.05  # harmful refusal may fall by at most this (absolute rate)
     max_incoherence_rise: float = 0.05  # incoherence may rise by at most this (absolute rate)
+    # check each setting's constraints on the worst rates of its group at steps no longer than its
+    # own (`monotone_envelope`), not on its own rates alone
+    monotone: bool = False
+
+
+# the rates the rule constrains: those that must not rise, and those that must not fall
+_RISING = ("incoherent", "benign_incoherent", "harmful_incoherent")
+_FALLING = ("harmful_refusal",)
+
+
+def monotone_envelope(rows: Sequence[dict]) -> list[dict]:
+    """Copies of the steered `rows` whose constrained rates are the worst of their group at steps no
+    longer than their own: incoherence the highest, harmful refusal (pooled, per source) the lowest.
+
+    A longer step in the same group (rows with equal "group", ordered by the magnitude of their
+    `row[row["swept"]]`) does not make answers more coherent or harmful prompts more refused; when
+    the measured rates say so, that is the noise of a few prompts. Near the step length where
+    answers break down, the best of many settings is the one whose noise read lowest, and the
+    test prompts then show the breakdown its validation rates hid. Under the envelope a setting
+    passes only when every gentler setting of its group passed too (a row after one the screen
+    dropped is marked `screened_out`). Other fields are unchanged."""
+    out = [dict(r) for r in rows]
+    for r in out:
+        if "group" not in r or "swept" not in r:
+            raise ValueError(f"setting {r.get('setting')!r} has no group: the monotone rule needs the "
+                             "table of run_search")
+    for group in dict.fromkeys(r["group"] for r in out):
+        members = sorted((r for r in out if r["group"] == group), key=lambda r: abs(r[r["swept"]]))
+        worst: dict = {}
+        broken = False
+        for r in members:
+            # a screened-out row's rates cover only the screening subset; a longer step than one
+            # the screen dropped is dropped as well
+            broken = r["screened_out"] = broken or bool(r.get("screened_out"))
+            if broken:
+                continue
+            for k in _RISING:
+                if k in r:
+                    worst[k] = r[k] = max(r[k], worst.get(k, r[k]))
+            for k in _FALLING:
+                worst[k] = r[k] = min(r[k], worst.get(k, r[k]))
+            if "harmful_refusal_by_source" in r:
+                seen = worst.setdefault("by_source", {})
+                r["harmful_refusal_by_source"] = {
+                    name: min(rate, seen.get(name, rate)) for name, rate in r["harmful_refusal_by_source"].items()}
+                seen.update(r["harmful_refusal_by_source"])
+    return out
+
+
+def _passing(rows: Sequence[dict], base: dict, tolerances: "Tolerances") -> list[bool]:
+    """`feasible` for each row; under `tolerances.monotone`, on the rows' `monotone_envelope`."""
+    checked = monotone_envelope(rows) if tolerances.monotone and rows else rows
+    return [feasible(r, base, tolerances) for r in checked]
 
 
 def feasible(row: dict, base: dict, tolerances: Tolerances) -> bool:
@@ -360,7 +416,7 @@ def choose_setting(table: Sequence[dict], tolerances: Tolerances) -> tuple[dict,
     if not table or table[0].get("setting") != UNSTEERED:
         raise ValueError("the sweep table must start with the unsteered row")
     base, candidates = table[0], list(table[1:])
-    feasible_rows = [r for r in candidates if feasible(r, base, tolerances)]
+    feasible_rows = [r for r, ok in zip(candidates, _passing(candidates, base, tolerances)) if ok]
     if not feasible_rows:
         return base, (f"no steered setting of {len(candidates)} kept harmful refusal (pooled and per "
                       f"source) within {tolerances.max_refusal_drop:.0%} and incoherence within "
@@ -392,8 +448,8 @@ def confirm_choice(pre, table: Sequence[dict], groups: Sequence[SettingGroup], j
     the first that passes it again is kept, else the model stays unsteered. The returned row is
     the search table's (its rates on the search's prompts); the reason gives both."""
     base = table[0]
-    ranked = sorted((r for r in table[1:] if feasible(r, base, tolerances)
-                     and r["benign_helpful"] > base["benign_helpful"]),
+    ranked = sorted((r for r, ok in zip(table[1:], _passing(table[1:], base, tolerances))
+                     if ok and r["benign_helpful"] > base["benign_helpful"]),
                     key=lambda r: -r["benign_helpful"])[:candidates]
     if not ranked:
         row, reason = choose_setting(table, tolerances)
