@@ -1,0 +1,139 @@
+"""Replay a finished settings search under a variant of the choice rule, without decoding anything.
+
+The search's refinement (`search.next_values`) and choice (`search.choose_setting`) are pure
+functions of the table of measured settings, so a saved table answers "what would the search have
+chosen under rule X" exactly, as long as every setting the replay proposes was measured in the
+saved run. When one was not, the replay says which: the search has to be run again for that
+deployment.
+
+  python benchmarks/replay_rule.py runs/deployments_generated/*/ebms --monotone
+  python benchmarks/replay_rule.py benchmarks/results/deployments_generated/persona/training.md --monotone
+
+Each argument is an EBM directory (its metadata holds the sweep) or a `training.md` written by
+`benchmarks/deployment_suite.py` (rates to 0.1%, pooled incoherence rebuilt from the counts).
+Prints, per table: the saved choice, the replay under the saved rule (a check: it must agree), and
+the replay under the variant.
+"""
+import os
+import sys
+
+from absl import app, flags, logging
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+from eds_jax.training import search  # noqa: E402
+
+FLAGS = flags.FLAGS
+
+
+def grouped(table: list[dict], swept: str) -> list[dict]:
+    """The table with each steered row's group and float named (tables saved before rows carried
+    them: the float is the last item of the setting's label)."""
+    out = [dict(table[0])]
+    for r in table[1:]:
+        out.append({"group": r["setting"].rsplit(" ", 1)[0], "swept": swept} | dict(r))
+    return out
+
+
+def replay(table: list[dict], tolerances: search.Tolerances, grid, *, swept: str = "eta_fraction",
+           refine_rounds: int = 3, max_extensions: int = 2,
+           min_ratio: float = 1.2) -> tuple[dict | None, str]:
+    """(chosen row, reason) of the search on `table`'s measurements under `tolerances`; (None,
+    why) when it proposes a setting the table lacks. `grid`: each group's first values."""
+    base, rows = table[0], table[1:]
+    groups = list(dict.fromkeys(r["group"] for r in rows))
+    measured = {(r["group"], float(r[r["swept"]])): r for r in rows}
+    evaluated = {}
+    for g, name in enumerate(groups):
+        missing = [v for v in grid if (name, float(v)) not in measured]
+        if missing:
+            return None, f"the table lacks {name} at the grid's {missing}"
+        evaluated[g] = {float(v): measured[(name, float(v))] for v in grid}
+    extensions = max_extensions
+    for _ in range(refine_rounds):
+        proposals, used = search.next_values(evaluated, base, tolerances, extensions_left=extensions,
+                                             min_ratio=min_ratio)
+        extensions -= used
+        proposals = [(g, v) for g, v in dict.fromkeys(proposals) if v not in evaluated[g]]
+        if not proposals:
+            break
+        for g, v in proposals:
+            if (groups[g], v) not in measured:
+                return None, f"diverges: it would try {groups[g]} {swept}={v}, never measured"
+            evaluated[g][v] = measured[(groups[g], v)]
+    return search.choose_setting([base] + [evaluated[g][v] for g in evaluated
+                                           for v in sorted(evaluated[g], key=abs)], tolerances)
+
+
+def read_markdown(path: str, swept: str, counts=(80, 79)) -> tuple[list[dict], str]:
+    """(table, chosen label) from a suite `training.md`'s sweep table; `counts`: the benign and
+    harmful validation prompts behind a full row (a screened row names its own)."""
+    with open(path) as f:
+        lines = f.read().splitlines()
+    head = next(i for i, l in enumerate(lines) if l.startswith("| setting |"))
+    cols = [c.strip() for c in lines[head].split("|")[1:-1]]
+    table, chosen = [], None
+    for line in lines[head + 2:]:
+        if not line.startswith("|"):
+            break
+        cell = dict(zip(cols, (c.strip() for c in line.split("|")[1:-1])))
+        rate = lambda name: float(cell[name].rstrip("%")) / 100
+        screened = cell["chosen"].startswith("screened")
+        n_benign, n_harmful = map(int, cell["chosen"].split("(on ")[1].split(" prompts")[0].split(" + ")) \
+            if screened else (None, None)
+        row = {"setting": cell["setting"], "benign_helpful": rate("benign helpful"),
+               "benign_incoherent": rate("benign incoherent"), "harmful_refusal": rate("harmful refused"),
+               "harmful_incoherent": rate("harmful incoherent")}
+        if screened:
+            row["screened_out"] = True
+        else:
+            row["harmful_refusal_by_source"] = {c[len("refused: "):]: rate(c) for c in cols
+                                                if c.startswith("refused: ")}
+        row["_n"] = (n_benign, n_harmful)
+        if cell["chosen"] == "yes":
+            chosen = cell["setting"]
+        if row["setting"] != search.UNSTEERED:
+            row[swept] = float(row["setting"].rsplit("=", 1)[1])
+        table.append(row)
+    n_benign, n_harmful = counts
+    for row in table:  # pooled incoherence, weighted by each kind's prompt count
+        nb, nh = row.pop("_n")
+        nb, nh = nb or n_benign, nh or n_harmful
+        row["incoherent"] = (row["benign_incoherent"] * nb + row["harmful_incoherent"] * nh) / (nb + nh)
+    return grouped(table, swept), chosen
+
+
+def load(path: str, swept: str, counts=(80, 79)) -> tuple[list[dict], str, search.Tolerances]:
+    """(table, chosen label, saved tolerances) from an EBM directory or a training.md."""
+    if path.endswith(".md"):
+        table, chosen = read_markdown(path, swept, counts)
+        return table, chosen, search.Tolerances()
+    from eds_jax.core.saved import read_metadata
+    sweep = read_metadata(path).get("sweep")
+    if not sweep:
+        raise SystemExit(f"{path}: its metadata holds no sweep")
+    return grouped(sweep["table"], swept), sweep["chosen"], search.Tolerances(**sweep["tolerances"])
+
+
+def main(argv):
+    logging.set_verbosity(logging.WARNING)  # orbax logs every restore
+    if len(argv) < 2:
+        raise app.UsageError("give EBM directories or training.md files")
+    grid = [float(v) for v in FLAGS.grid]
+    for path in argv[1:]:
+        table, chosen, saved = load(path, FLAGS.swept, [int(n) for n in FLAGS.validation_prompts])
+        variant = search.Tolerances(saved.max_refusal_drop, saved.max_incoherence_rise, FLAGS.monotone)
+        print(f"{path}\n  saved choice:   {chosen}")
+        for name, tolerances in (("saved rule", saved), ("variant", variant)):
+            row, reason = replay(table, tolerances, grid, swept=FLAGS.swept)
+            print(f"  {name + ':':15} {reason if row is None else row['setting']}")
+
+
+if __name__ == "__main__":
+    flags.DEFINE_list("grid", [str(v) for v in search.LOG_FRACTIONS], "each group's first values")
+    flags.DEFINE_string("swept", "eta_fraction", "the float each group varies")
+    flags.DEFINE_bool("monotone", True, "the variant: the monotone rule (sweep.monotone)")
+    flags.DEFINE_list("validation_prompts", ["80", "79"], "benign, harmful prompt counts behind a "
+                      "training.md's full rows (to rebuild pooled incoherence)")
+    app.run(main)
