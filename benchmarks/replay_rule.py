@@ -104,16 +104,19 @@ def read_markdown(path: str, swept: str, counts=(80, 79)) -> tuple[list[dict], s
     return grouped(table, swept), chosen
 
 
-def load(path: str, swept: str, counts=(80, 79)) -> tuple[list[dict], str, search.Tolerances]:
-    """(table, chosen label, saved tolerances) from an EBM directory or a training.md."""
+def load(path: str, swept: str, counts=(80, 79)) -> tuple[list[dict], str, search.Tolerances, dict]:
+    """(table, chosen label, saved tolerances, the search's refinement options) from an EBM
+    directory or a training.md (written by the suite: the shared config's search)."""
     if path.endswith(".md"):
         table, chosen = read_markdown(path, swept, counts)
-        return table, chosen, search.Tolerances()
+        return table, chosen, search.Tolerances(), {}
     from eds_jax.core.saved import read_metadata
     sweep = read_metadata(path).get("sweep")
     if not sweep:
         raise SystemExit(f"{path}: its metadata holds no sweep")
-    return grouped(sweep["table"], swept), sweep["chosen"], search.Tolerances(**sweep["tolerances"])
+    options = {k: sweep.get("search", {})[k] for k in ("refine_rounds", "max_extensions", "min_ratio")
+               if k in sweep.get("search", {})}
+    return grouped(sweep["table"], swept), sweep["chosen"], search.Tolerances(**sweep["tolerances"]), options
 
 
 def main(argv):
@@ -122,11 +125,11 @@ def main(argv):
         raise app.UsageError("give EBM directories or training.md files")
     grid = [float(v) for v in FLAGS.grid]
     for path in argv[1:]:
-        table, chosen, saved = load(path, FLAGS.swept, [int(n) for n in FLAGS.validation_prompts])
+        table, chosen, saved, options = load(path, FLAGS.swept, [int(n) for n in FLAGS.validation_prompts])
         variant = search.Tolerances(saved.max_refusal_drop, saved.max_incoherence_rise, FLAGS.monotone)
         print(f"{path}\n  saved choice:   {chosen}")
         for name, tolerances in (("saved rule", saved), ("variant", variant)):
-            row, reason = replay(table, tolerances, grid, swept=FLAGS.swept)
+            row, reason = replay(table, tolerances, grid, swept=FLAGS.swept, **options)
             print(f"  {name + ':':15} {reason if row is None else row['setting']}")
 
 
