@@ -14,6 +14,9 @@ import sys
 import numpy as np
 from absl import app, flags
 
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)  # run from a clone without installing the package
+
 flags.DEFINE_string("method", "eds", "the method whose changes are read")
 flags.DEFINE_string("reference", "baseline", "the method it is compared with")
 flags.DEFINE_integer("n", 5, "responses shown per kind of flip")

@@ -103,7 +103,7 @@ def base_config():
         "max_incoherence_rise": 0.05,  # incoherence may rise by at most this
         # check both on the worst rates of a setting's group at steps no longer than its own
         # (search.monotone_envelope): a longer step is never read as more coherent or safer
-        "monotone": False,
+        "monotone": True,
         # fluency threshold: this quantile of the unsteered answers' NLL + margin (nats/token)
         "fluency_quantile": 0.95,
         "fluency_margin": 0.5,
