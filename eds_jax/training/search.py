@@ -17,10 +17,12 @@ the grid's edge when the best sits on it. `next_values` is the pure rule, testab
     each harmful validation source (when the sweep knows the sources), and
   - incoherence rising by at most `max_incoherence_rise`, over all validation responses and on
     the benign and the harmful ones each;
-when no steered setting satisfies both and beats the unsteered helpfulness, it keeps the unsteered
-setting and says why. Its reason gives the chosen setting's paired evidence (benign validation
-prompts that became helpful and that stopped being, a sign test) and flags a gain within the noise:
-the best of many settings on a few prompts is optimistic. `confirm_choice` checks the best few
+with `Tolerances.monotone` (the configs' default), both are read on the worst rates of the
+setting's group at steps no longer than its own (`monotone_envelope`); when no steered setting
+satisfies both and beats the unsteered helpfulness, it keeps the unsteered setting and says why.
+Its reason gives the chosen setting's paired evidence (benign validation prompts that became
+helpful and that stopped being, a sign test) and flags a gain within the noise: the best of many
+settings on a few prompts is optimistic. `confirm_choice` checks the best few
 again on held-back validation prompts and keeps the first that passes there too.
 """
 from __future__ import annotations
