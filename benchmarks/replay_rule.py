@@ -36,11 +36,19 @@ def grouped(table: list[dict], swept: str) -> list[dict]:
     return out
 
 
+# the shared config's refinement (configs/common.py), for tables that do not say theirs
+SHARED_SEARCH = search.AdaptiveSearch(refine_rounds=3, max_extensions=2, min_ratio=1.2)
+
+
+class Unmeasured(Exception):
+    """The replay proposed a setting the saved table never measured."""
+
+
 def replay(table: list[dict], tolerances: search.Tolerances, grid, *, swept: str = "eta_fraction",
-           refine_rounds: int = 3, max_extensions: int = 2,
-           min_ratio: float = 1.2) -> tuple[dict | None, str]:
-    """(chosen row, reason) of the search on `table`'s measurements under `tolerances`; (None,
-    why) when it proposes a setting the table lacks. `grid`: each group's first values."""
+           adaptive: search.AdaptiveSearch = SHARED_SEARCH) -> tuple[dict | None, str]:
+    """(chosen row, reason) of the search (`search.refine` under `adaptive`) on `table`'s
+    measurements under `tolerances`; (None, why) when it proposes a setting the table lacks.
+    `grid`: each group's first values."""
     base, rows = table[0], table[1:]
     groups = list(dict.fromkeys(r["group"] for r in rows))
     measured = {(r["group"], float(r[r["swept"]])): r for r in rows}
@@ -50,18 +58,17 @@ def replay(table: list[dict], tolerances: search.Tolerances, grid, *, swept: str
         if missing:
             return None, f"the table lacks {name} at the grid's {missing}"
         evaluated[g] = {float(v): measured[(name, float(v))] for v in grid}
-    extensions = max_extensions
-    for _ in range(refine_rounds):
-        proposals, used = search.next_values(evaluated, base, tolerances, extensions_left=extensions,
-                                             min_ratio=min_ratio)
-        extensions -= used
-        proposals = [(g, v) for g, v in dict.fromkeys(proposals) if v not in evaluated[g]]
-        if not proposals:
-            break
-        for g, v in proposals:
+
+    def measure(g, values):
+        for v in values:
             if (groups[g], v) not in measured:
-                return None, f"diverges: it would try {groups[g]} {swept}={v}, never measured"
+                raise Unmeasured(f"diverges: it would try {groups[g]} {swept}={v}, never measured")
             evaluated[g][v] = measured[(groups[g], v)]
+
+    try:
+        search.refine(evaluated, base, tolerances, adaptive, measure)
+    except Unmeasured as why:
+        return None, str(why)
     return search.choose_setting([base] + [evaluated[g][v] for g in evaluated
                                            for v in sorted(evaluated[g], key=abs)], tolerances)
 
@@ -104,19 +111,19 @@ def read_markdown(path: str, swept: str, counts=(80, 79)) -> tuple[list[dict], s
     return grouped(table, swept), chosen
 
 
-def load(path: str, swept: str, counts=(80, 79)) -> tuple[list[dict], str, search.Tolerances, dict]:
-    """(table, chosen label, saved tolerances, the search's refinement options) from an EBM
-    directory or a training.md (written by the suite: the shared config's search)."""
+def load(path: str, swept: str, counts=(80, 79)
+         ) -> tuple[list[dict], str, search.Tolerances, search.AdaptiveSearch]:
+    """(table, chosen label, saved tolerances, the saved search) from an EBM directory or a
+    training.md (written by the suite: the shared config's search)."""
     if path.endswith(".md"):
         table, chosen = read_markdown(path, swept, counts)
-        return table, chosen, search.Tolerances(), {}
+        return table, chosen, search.Tolerances(), SHARED_SEARCH
     from eds_jax.core.saved import read_metadata
     sweep = read_metadata(path).get("sweep")
     if not sweep:
         raise SystemExit(f"{path}: its metadata holds no sweep")
-    options = {k: sweep.get("search", {})[k] for k in ("refine_rounds", "max_extensions", "min_ratio")
-               if k in sweep.get("search", {})}
-    return grouped(sweep["table"], swept), sweep["chosen"], search.Tolerances(**sweep["tolerances"]), options
+    adaptive = search.AdaptiveSearch(**sweep["search"]) if sweep.get("search") else SHARED_SEARCH
+    return grouped(sweep["table"], swept), sweep["chosen"], search.Tolerances(**sweep["tolerances"]), adaptive
 
 
 def main(argv):
@@ -125,11 +132,11 @@ def main(argv):
         raise app.UsageError("give EBM directories or training.md files")
     grid = [float(v) for v in FLAGS.grid]
     for path in argv[1:]:
-        table, chosen, saved, options = load(path, FLAGS.swept, [int(n) for n in FLAGS.validation_prompts])
+        table, chosen, saved, adaptive = load(path, FLAGS.swept, [int(n) for n in FLAGS.validation_prompts])
         variant = search.Tolerances(saved.max_refusal_drop, saved.max_incoherence_rise, FLAGS.monotone)
         print(f"{path}\n  saved choice:   {chosen}")
         for name, tolerances in (("saved rule", saved), ("variant", variant)):
-            row, reason = replay(table, tolerances, grid, swept=FLAGS.swept, **options)
+            row, reason = replay(table, tolerances, grid, swept=FLAGS.swept, adaptive=adaptive)
             print(f"  {name + ':':15} {reason if row is None else row['setting']}")
 
 

@@ -28,11 +28,9 @@ def measure(value):
 
 def searched(tolerances):
     """The table `run_search`'s loop would measure on `measure` under `tolerances`."""
-    evaluated, extensions = {0: {v: measure(v) for v in GRID}}, 2
-    for _ in range(3):
-        proposals, used = search.next_values(evaluated, BASE, tolerances, extensions_left=extensions)
-        extensions -= used
-        evaluated[0] |= {v: measure(v) for _, v in proposals if v not in evaluated[0]}
+    evaluated = {0: {v: measure(v) for v in GRID}}
+    search.refine(evaluated, BASE, tolerances, replay_rule.SHARED_SEARCH,
+                  lambda g, values: evaluated[g].update({v: measure(v) for v in values}))
     return [BASE] + [evaluated[0][v] for v in sorted(evaluated[0])]
 
 

@@ -24,13 +24,8 @@ def bump(optimum, height=0.3, width=0.5):
 def drive(objective, coarse=COARSE, rounds=4, extensions=2):
     """The loop of `run_search` on an objective {value -> row}: the grid, then refinement rounds."""
     evaluated = {0: {v: objective(v) for v in coarse}}
-    for _ in range(rounds):
-        proposals, used = search.next_values(evaluated, BASE, TOL, extensions_left=extensions)
-        extensions -= used
-        proposals = [(g, v) for g, v in proposals if v not in evaluated[g]]
-        if not proposals:
-            break
-        evaluated[0] |= {v: objective(v) for _, v in proposals}
+    search.refine(evaluated, BASE, TOL, search.AdaptiveSearch(refine_rounds=rounds, max_extensions=extensions),
+                  lambda g, values: evaluated[g].update({v: objective(v) for v in values}))
     best, _ = search.choose_setting([BASE] + list(evaluated[0].values()), TOL)
     return best, evaluated[0]
 

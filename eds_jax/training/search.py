@@ -258,6 +258,21 @@ def run_search(pre, benign: Sequence[str], harmful: Sequence[str], groups: Seque
         values = list(dict.fromkeys(float(v) for v in group.values))
         evaluate(g, values)
         report(g, values)
+
+    def measure(g, values):
+        evaluate(g, values)
+        report(g, values)
+
+    refine(evaluated, base, tolerances, search, measure)
+    table = [base] + [evaluated[g][v] for g in range(len(groups)) for v in sorted(evaluated[g], key=abs)]
+    return table, responses
+
+
+def refine(evaluated: dict, base: dict, tolerances: "Tolerances", search: AdaptiveSearch,
+           measure: Callable[[int, list[float]], None]) -> None:
+    """The refinement rounds of `run_search` on the grid already in `evaluated` ({group: {value:
+    row}}): `next_values` around the best, each group's new values handed to `measure(group,
+    values)`, which adds their rows to `evaluated[group]`."""
     extensions = search.max_extensions
     for _ in range(search.refine_rounds):
         proposals, used = next_values(evaluated, base, tolerances, extensions_left=extensions,
@@ -267,11 +282,7 @@ def run_search(pre, benign: Sequence[str], harmful: Sequence[str], groups: Seque
         if not proposals:
             break
         for g in dict.fromkeys(g for g, _ in proposals):
-            values = [v for h, v in proposals if h == g]
-            evaluate(g, values)
-            report(g, values)
-    table = [base] + [evaluated[g][v] for g in range(len(groups)) for v in sorted(evaluated[g], key=abs)]
-    return table, responses
+            measure(g, [v for h, v in proposals if h == g])
 
 
 def screen_indices(kinds: np.ndarray, fraction: float, seed: int = 0) -> np.ndarray:
@@ -458,8 +469,7 @@ def confirm_choice(pre, table: Sequence[dict], groups: Sequence[SettingGroup], j
         return row, reason, []
     by_group = {}
     for row in ranked:
-        g = next(g for g, group in enumerate(groups)
-                 if row["setting"] == setting_label(dict(group.fixed) | {group.name: row.get(group.name)}))
+        g = next(g for g, group in enumerate(groups) if setting_label(group.fixed) == row["group"])
         by_group.setdefault(g, []).append(row[groups[g].name])
     checks = [SettingGroup(groups[g].fixed, groups[g].name, tuple(values), groups[g].build)
               for g, values in by_group.items()]
