@@ -22,7 +22,9 @@ from absl import app, flags, logging
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
+from configs.smollm2_135m_shared import get_config as shared_config  # noqa: E402
 from eds_jax.training import search  # noqa: E402
+from eds_jax.training.pipeline import adaptive_search  # noqa: E402
 
 FLAGS = flags.FLAGS
 
@@ -36,8 +38,8 @@ def grouped(table: list[dict], swept: str) -> list[dict]:
     return out
 
 
-# the shared config's refinement (configs/common.py), for tables that do not say theirs
-SHARED_SEARCH = search.AdaptiveSearch(refine_rounds=3, max_extensions=2, min_ratio=1.2)
+# the suite's search (the shared config's), for tables that do not say theirs
+SHARED_SEARCH = adaptive_search(shared_config())
 
 
 class Unmeasured(Exception):
