@@ -8,6 +8,7 @@ deployment.
 
   python benchmarks/replay_rule.py runs/deployments_generated/*/ebms --monotone
   python benchmarks/replay_rule.py benchmarks/results/deployments_generated/persona/training.md --monotone
+  python benchmarks/replay_rule.py runs/deployments_generated/*/ebms --monotone_fit=isotonic
 
 Each argument is an EBM directory (its metadata holds the sweep) or a `training.md` written by
 `benchmarks/deployment_suite.py` (rates to 0.1%, pooled incoherence rebuilt from the counts).
@@ -135,7 +136,8 @@ def main(argv):
     grid = [float(v) for v in FLAGS.grid]
     for path in argv[1:]:
         table, chosen, saved, adaptive = load(path, FLAGS.swept, [int(n) for n in FLAGS.validation_prompts])
-        variant = search.Tolerances(saved.max_refusal_drop, saved.max_incoherence_rise, FLAGS.monotone)
+        variant = search.Tolerances(saved.max_refusal_drop, saved.max_incoherence_rise, FLAGS.monotone,
+                                    FLAGS.monotone_fit)
         print(f"{path}\n  saved choice:   {chosen}")
         for name, tolerances in (("saved rule", saved), ("variant", variant)):
             row, reason = replay(table, tolerances, grid, swept=FLAGS.swept, adaptive=adaptive)
@@ -146,6 +148,7 @@ if __name__ == "__main__":
     flags.DEFINE_list("grid", [str(v) for v in search.LOG_FRACTIONS], "each group's first values")
     flags.DEFINE_string("swept", "eta_fraction", "the float each group varies")
     flags.DEFINE_bool("monotone", True, "the variant: the monotone rule (sweep.monotone)")
+    flags.DEFINE_enum("monotone_fit", "worst", search.MONOTONE_FITS, "the variant's fit (sweep.monotone_fit)")
     flags.DEFINE_list("validation_prompts", ["80", "79"], "benign, harmful prompt counts behind a "
                       "training.md's full rows (to rebuild pooled incoherence)")
     app.run(main)

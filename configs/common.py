@@ -104,6 +104,9 @@ def base_config():
         # check both on the worst rates of a setting's group at steps no longer than its own
         # (search.monotone_envelope): a longer step is never read as more coherent or safer
         "monotone": True,
+        # "worst" (each the worst rate at gentler steps) or "isotonic" (the least-squares
+        # monotone fit: one noisy gentle step does not sink every longer one)
+        "monotone_fit": "worst",
         # fluency threshold: this quantile of the unsteered answers' NLL + margin (nats/token)
         "fluency_quantile": 0.95,
         "fluency_margin": 0.5,

@@ -290,3 +290,28 @@ def test_monotone_rule_steers_the_refinement_too():
     proposals, _ = search.next_values(evaluated, BASE, search.Tolerances(0.05, 0.05, True),
                                       extensions_left=2)
     assert sorted(v for _, v in proposals) == pytest.approx([np.sqrt(0.00316), np.sqrt(0.0316)], rel=1e-3)
+
+
+def test_isotonic_fit_pools_adjacent_violators():
+    assert search.isotonic([0.1, 0.3, 0.2, 0.4]) == pytest.approx([0.1, 0.25, 0.25, 0.4])
+    assert search.isotonic([0.3, 0.1, 0.2]) == pytest.approx([0.2, 0.2, 0.2])
+    assert search.isotonic([0.5, 0.6, 0.4], rising=False) == pytest.approx([0.55, 0.55, 0.4])
+    assert search.isotonic([0.1, 0.2]) == [0.1, 0.2]  # already in order: unchanged
+
+
+def test_isotonic_fit_does_not_let_one_noisy_gentle_step_sink_the_group():
+    """Unsteered 5% incoherent; the gentlest step reads 12.5% (3 prompts of 40 more), the next 5%
+    and most helpful. The worst-rate fit carries 12.5% to every longer step and nothing passes;
+    the isotonic fit pools the two (8.75%, within 5 points) and keeps the helpful one. A real
+    breakdown (a dip after a rise that stays) still sinks the steps past it."""
+    base = dict(BASE, incoherent=0.05)
+    table = [base, _row(0.01, 0.125, helpful=0.62), _row(0.0316, 0.05, helpful=0.77),
+             _row(0.1, 0.30, helpful=0.55)]
+    worst = search.Tolerances(0.05, 0.05, monotone=True)
+    iso = search.Tolerances(0.05, 0.05, monotone=True, monotone_fit="isotonic")
+    assert search.choose_setting(table, worst)[0] is base
+    assert search.choose_setting(table, iso)[0]["eta"] == 0.0316
+    dip = [base, _row(0.1, 0.06, helpful=0.6), _row(0.3, 0.25, helpful=0.7), _row(0.5, 0.08, helpful=0.9)]
+    assert search.choose_setting(dip, iso)[0]["eta"] == 0.1  # 0.5's dip pools with 0.3: 16.5%
+    with pytest.raises(ValueError, match="monotone_fit='median'"):
+        search.Tolerances(monotone=True, monotone_fit="median")

@@ -66,6 +66,7 @@ def maybe_initialize_distributed(cfg) -> None:
 def check_config(cfg) -> None:
     """What can be checked before any prompt is read or the model loads."""
     from eds_jax.core.decoding import check_generated_states
+    from eds_jax.training import search
     from eds_jax.training.infonce import TrainConfig, check_checkpoint_every_s, check_val_fraction
     try:
         check_eta_scale(cfg.steer.eta_scale)
@@ -92,6 +93,9 @@ def check_config(cfg) -> None:
     if not 0.0 <= float(cfg.sweep.confirm_fraction) < 1.0:
         raise ValueError(f"config.sweep.confirm_fraction={cfg.sweep.confirm_fraction!r}: expected a "
                          "share of the validation prompts in [0, 1) (0: no confirmation)")
+    if cfg.sweep.monotone_fit not in search.MONOTONE_FITS:
+        raise ValueError(f"config.sweep.monotone_fit={cfg.sweep.monotone_fit!r}: expected one of "
+                         f"{search.MONOTONE_FITS}")
     if isinstance(cfg.sweep.confirm_candidates, bool) or int(cfg.sweep.confirm_candidates) < 1:
         raise ValueError(f"config.sweep.confirm_candidates={cfg.sweep.confirm_candidates!r}: expected "
                          "an integer >= 1")
@@ -232,7 +236,8 @@ def choose_steering(cfg, pre, ranked: list[int], layer_ebm, validation: tuple[li
     nll = helpfulness.answer_nll(pre, benign + harmful, unsteered, cfg.collect.judge, int(s.batch_size))
     judge = helpfulness.calibrated_judge(pre, benign + harmful, unsteered, cfg.collect.judge,
                                          s.fluency_quantile, s.fluency_margin, int(s.batch_size), nll=nll)
-    tolerances = search.Tolerances(s.max_refusal_drop, s.max_incoherence_rise, bool(s.monotone))
+    tolerances = search.Tolerances(s.max_refusal_drop, s.max_incoherence_rise, bool(s.monotone),
+                                   str(s.monotone_fit))
     adaptive = adaptive_search(cfg)
     started = time.time()
     opened, reach = None, None
