@@ -434,9 +434,11 @@ def monotone_envelope(rows: Sequence[dict], fit: str = "worst") -> list[dict]:
                         r[k] = v
         sources = [r.get("harmful_refusal_by_source") for r in live]
         if all(sources):
-            fitted = {name: _monotone([s[name] for s in sources], False, fit) for name in sources[0]}
+            names = [name for name in sources[0] if all(name in s for s in sources)]
+            fitted = {name: _monotone([s[name] for s in sources], False, fit) for name in names}
             for i, r in enumerate(live):
-                r["harmful_refusal_by_source"] = {name: fitted[name][i] for name in fitted}
+                r["harmful_refusal_by_source"] = dict(r["harmful_refusal_by_source"]) | {
+                    name: fitted[name][i] for name in names}
     return out
 
 
