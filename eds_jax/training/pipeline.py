@@ -93,9 +93,10 @@ def check_config(cfg) -> None:
     if not 0.0 <= float(cfg.sweep.confirm_fraction) < 1.0:
         raise ValueError(f"config.sweep.confirm_fraction={cfg.sweep.confirm_fraction!r}: expected a "
                          "share of the validation prompts in [0, 1) (0: no confirmation)")
-    if cfg.sweep.monotone_fit not in search.MONOTONE_FITS:
-        raise ValueError(f"config.sweep.monotone_fit={cfg.sweep.monotone_fit!r}: expected one of "
-                         f"{search.MONOTONE_FITS}")
+    try:
+        search.check_monotone_fit(cfg.sweep.monotone_fit)
+    except ValueError as error:
+        raise ValueError(f"config.sweep.{error}") from None
     if isinstance(cfg.sweep.confirm_candidates, bool) or int(cfg.sweep.confirm_candidates) < 1:
         raise ValueError(f"config.sweep.confirm_candidates={cfg.sweep.confirm_candidates!r}: expected "
                          "an integer >= 1")

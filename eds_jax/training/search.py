@@ -361,11 +361,15 @@ class Tolerances:
     monotone_fit: str = "worst"
 
     def __post_init__(self):
-        if self.monotone_fit not in MONOTONE_FITS:
-            raise ValueError(f"monotone_fit={self.monotone_fit!r}: expected one of {MONOTONE_FITS}")
+        check_monotone_fit(self.monotone_fit)
 
 
 MONOTONE_FITS = ("worst", "isotonic")
+
+
+def check_monotone_fit(fit: str) -> None:
+    if fit not in MONOTONE_FITS:
+        raise ValueError(f"monotone_fit={fit!r}: expected one of {MONOTONE_FITS}")
 
 
 # the rates the rule constrains: those that must not rise, and those that must not fall
@@ -411,8 +415,7 @@ def monotone_envelope(rows: Sequence[dict], fit: str = "worst") -> list[dict]:
     noisy gentle step sink every longer one; the isotonic fit averages it with its neighbours.
     A row after one the screen dropped is marked `screened_out` (its rates cover only the
     screening subset). Other fields are unchanged."""
-    if fit not in MONOTONE_FITS:
-        raise ValueError(f"fit={fit!r}: expected one of {MONOTONE_FITS}")
+    check_monotone_fit(fit)
     out = [dict(r) for r in rows]
     for r in out:
         if "group" not in r or "swept" not in r:
