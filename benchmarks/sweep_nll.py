@@ -25,14 +25,14 @@ FLAGS = flags.FLAGS
 
 
 def paired_shift(before: dict, after: dict, seed: int = 0, draws: int = 2000):
-    """(mean shift, low, high, n) over the prompts both dicts score: after - before, bootstrap 95%."""
+    """(mean shift, low, high, n) over the prompts both dicts score: after - before, with the
+    evaluation's paired-bootstrap 95% interval (`metrics.paired_mean_delta`)."""
+    from eds_jax.evaluation.metrics import paired_mean_delta
     common = sorted(set(before) & set(after))
     if not common:
         return float("nan"), float("nan"), float("nan"), 0
-    d = np.array([after[p] - before[p] for p in common])
-    rng = np.random.RandomState(seed)
-    means = d[rng.randint(0, d.size, (draws, d.size))].mean(axis=1)
-    return float(d.mean()), float(np.percentile(means, 2.5)), float(np.percentile(means, 97.5)), d.size
+    d = paired_mean_delta([after[p] for p in common], [before[p] for p in common], draws, seed)
+    return d["delta"], d["low"], d["high"], len(common)
 
 
 def main(argv):
@@ -42,19 +42,21 @@ def main(argv):
     import models
     from eds_jax.core.saved import read_metadata
     from eds_jax.judging.helpfulness import HelpfulnessJudge, answer_nll
+    from eds_jax.training.search import UNSTEERED
     workdir = argv[1]
     judge = HelpfulnessJudge(**read_metadata(os.path.join(workdir, "ebms"))["judge"])
     by_setting = collections.defaultdict(dict)
-    for line in open(os.path.join(workdir, "sweep_responses.jsonl")):
-        r = json.loads(line)
-        if r["kind"] == "benign":
-            by_setting[r["setting"]][r["prompt"]] = r["response"]
+    with open(os.path.join(workdir, "sweep_responses.jsonl")) as f:
+        for line in f:
+            r = json.loads(line)
+            if r["kind"] == "benign":
+                by_setting[r["setting"]][r["prompt"]] = r["response"]
     pairs = sorted({(p, t) for answers in by_setting.values() for p, t in answers.items()})
     pre = models.load_pretrained(models.smollm2_gguf_path(), dtype="float32")
     scores = answer_nll(pre, [p for p, _ in pairs], [t for _, t in pairs], judge.refusal,
                         FLAGS.batch_size, progress=True)
     nll = dict(zip(pairs, scores))
-    base = {p: nll[(p, t)] for p, t in by_setting["unsteered"].items() if np.isfinite(nll[(p, t)])}
+    base = {p: nll[(p, t)] for p, t in by_setting[UNSTEERED].items() if np.isfinite(nll[(p, t)])}
     print(f"{workdir}: fluency threshold {judge.fluency_threshold:.3f} nats/token\n")
     print("| setting | benign answers | incoherent | mean NLL of answers | paired NLL shift [95% CI] (n) |")
     print("|---|---|---|---|---|")
