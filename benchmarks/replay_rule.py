@@ -9,6 +9,10 @@ deployment.
   python benchmarks/replay_rule.py runs/deployments_generated/*/ebms --monotone
   python benchmarks/replay_rule.py benchmarks/results/deployments_generated/persona/training.md --monotone
   python benchmarks/replay_rule.py runs/deployments_generated/*/ebms --monotone_fit=isotonic
+  python benchmarks/replay_rule.py runs/x/ebms --nll=x_nll.json --max_nll_rise=0.15
+
+`--nll`: per path, the benign answers' NLLs that `benchmarks/sweep_nll.py --save` wrote for that
+search; each row then carries its `benign_nll_shift`, so `--max_nll_rise` can be replayed.
 
 Each argument is an EBM directory (its metadata holds the sweep) or a `training.md` written by
 `benchmarks/deployment_suite.py` (rates to 0.1%, pooled incoherence rebuilt from the counts).
@@ -129,19 +133,50 @@ def load(path: str, swept: str, counts=(80, 79)
     return grouped(sweep["table"], swept), sweep["chosen"], search.Tolerances(**sweep["tolerances"]), adaptive
 
 
+def with_nll_shift(table: list[dict], path: str) -> list[dict]:
+    """`table` with each steered row's `benign_nll_shift` (`search.nll_shift`) from the NLLs
+    `sweep_nll.py --save` wrote ({setting: {prompt: NLL or null}})."""
+    import json
+
+    import numpy as np
+    with open(path) as f:
+        nll = json.load(f)
+    base = nll[search.UNSTEERED]
+    out = [dict(table[0])]
+    for r in table[1:]:
+        r = dict(r)
+        if not r.get("screened_out"):
+            if r["setting"] not in nll:
+                raise SystemExit(f"{path}: no NLLs for {r['setting']!r}")
+            mine = nll[r["setting"]]
+            common = [p for p in base if p in mine]
+            as_array = lambda d: np.array([np.nan if d[p] is None else d[p] for p in common])
+            r["benign_nll_shift"] = search.nll_shift(as_array(base), as_array(mine))
+        out.append(r)
+    return out
+
+
 def main(argv):
     logging.set_verbosity(logging.WARNING)  # orbax logs every restore
     if len(argv) < 2:
         raise app.UsageError("give EBM directories or training.md files")
     grid = [float(v) for v in FLAGS.grid]
-    for path in argv[1:]:
+    if FLAGS.nll and len(FLAGS.nll) != len(argv) - 1:
+        raise app.UsageError(f"--nll names {len(FLAGS.nll)} files for {len(argv) - 1} paths")
+    if FLAGS.max_nll_rise is not None and not FLAGS.nll:
+        raise app.UsageError("--max_nll_rise needs each path's --nll file")
+    for k, path in enumerate(argv[1:]):
         table, chosen, saved, adaptive = load(path, FLAGS.swept, [int(n) for n in FLAGS.validation_prompts])
+        if FLAGS.nll:
+            table = with_nll_shift(table, FLAGS.nll[k])
         variant = search.Tolerances(saved.max_refusal_drop, saved.max_incoherence_rise, FLAGS.monotone,
-                                    FLAGS.monotone_fit)
+                                    FLAGS.monotone_fit, FLAGS.max_nll_rise)
         print(f"{path}\n  saved choice:   {chosen}")
         for name, tolerances in (("saved rule", saved), ("variant", variant)):
             row, reason = replay(table, tolerances, grid, swept=FLAGS.swept, adaptive=adaptive)
-            print(f"  {name + ':':15} {reason if row is None else row['setting']}")
+            shift = "" if row is None or "benign_nll_shift" not in row else \
+                f" (benign NLL shift {row['benign_nll_shift']:+.3f})"
+            print(f"  {name + ':':15} {reason if row is None else row['setting'] + shift}")
 
 
 if __name__ == "__main__":
@@ -149,6 +184,8 @@ if __name__ == "__main__":
     flags.DEFINE_string("swept", "eta_fraction", "the float each group varies")
     flags.DEFINE_bool("monotone", True, "the variant: the monotone rule (sweep.monotone)")
     flags.DEFINE_enum("monotone_fit", "worst", search.MONOTONE_FITS, "the variant's fit (sweep.monotone_fit)")
+    flags.DEFINE_list("nll", [], "per path, the JSON of sweep_nll.py --save for its search")
+    flags.DEFINE_float("max_nll_rise", None, "the variant's sweep.max_nll_rise (nats/token)")
     flags.DEFINE_list("validation_prompts", ["80", "79"], "benign, harmful prompt counts behind a "
                       "training.md's full rows (to rebuild pooled incoherence)")
     app.run(main)

@@ -57,6 +57,10 @@ def main(argv):
                         FLAGS.batch_size, progress=True)
     nll = dict(zip(pairs, scores))
     base = {p: nll[(p, t)] for p, t in by_setting[UNSTEERED].items() if np.isfinite(nll[(p, t)])}
+    if FLAGS.save:  # every benign answer's NLL per setting (null for refusals), for replays
+        with open(FLAGS.save, "w") as f:
+            json.dump({s: {p: (nll[(p, t)] if np.isfinite(nll[(p, t)]) else None)
+                           for p, t in answers.items()} for s, answers in by_setting.items()}, f)
     print(f"{workdir}: fluency threshold {judge.fluency_threshold:.3f} nats/token\n")
     print("| setting | benign answers | incoherent | mean NLL of answers | paired NLL shift [95% CI] (n) |")
     print("|---|---|---|---|---|")
@@ -73,4 +77,5 @@ def main(argv):
 
 if __name__ == "__main__":
     flags.DEFINE_integer("batch_size", 32, "answers scored per batch")
+    flags.DEFINE_string("save", "", "also write {setting: {prompt: NLL}} of the benign answers here")
     app.run(main)

@@ -107,6 +107,9 @@ def base_config():
         # "worst" (each the worst rate at gentler steps) or "isotonic" (the least-squares
         # monotone fit: one noisy gentle step does not sink every longer one)
         "monotone_fit": "worst",
+        # the benign answers' mean NLL under the plain model (nats/token, paired with the unsteered
+        # answers over those not refused either way) may rise by at most this; None: unconstrained
+        "max_nll_rise": ml_collections.FieldReference(None, field_type=float),
         # fluency threshold: this quantile of the unsteered answers' NLL + margin (nats/token)
         "fluency_quantile": 0.95,
         "fluency_margin": 0.5,

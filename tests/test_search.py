@@ -315,3 +315,68 @@ def test_isotonic_fit_does_not_let_one_noisy_gentle_step_sink_the_group():
     assert search.choose_setting(dip, iso)[0]["eta"] == 0.1  # 0.5's dip pools with 0.3: 16.5%
     with pytest.raises(ValueError, match="monotone_fit='median'"):
         search.Tolerances(monotone=True, monotone_fit="median")
+
+
+def test_nll_shift_pairs_the_answers_scored_both_ways():
+    before = np.array([1.0, 2.0, np.nan, 1.5])
+    after = np.array([1.5, np.nan, 3.0, 2.5])  # prompt 1 became a refusal, prompt 2 stopped being one
+    assert search.nll_shift(before, after) == pytest.approx(0.75)
+    assert np.isnan(search.nll_shift(np.array([np.nan]), np.array([1.0])))
+
+
+def test_run_search_rows_carry_the_nll_shift_and_max_nll_rise_caps_it(monkeypatch):
+    """Benign answers turn helpful as the step grows (up to 0.2) and grow less fluent with it
+    (NLL 1 + 2 x step): the count-based rule keeps the most helpful step, a cap of 0.3 nats/token
+    on the paired NLL rise keeps the most helpful step at or below 0.15. Refusals carry no NLL
+    and stay out of the pairing."""
+    import eds_jax.core.decoding as decoding
+    benign, harmful = [f"b{i}" for i in range(20)], [f"h{i}" for i in range(10)]
+
+    def answer(prompt, value):
+        i = int(prompt[1:])
+        if prompt[0] == "b" and i < 10 + 40 * min(value, 0.2):
+            return f"{HELPFUL}:{1.0 + 2 * value}"
+        return f"{REFUSAL}:nan" if prompt[0] == "b" or i < 6 else f"{HELPFUL}:1.0"
+
+    class NllJudge:
+        def judge(self, pre, prompts, responses, batch_size=16, nll=None):
+            parts = [r.split(":") for r in responses]
+            return Judged([o for o, _ in parts], np.array([float(x) for _, x in parts]))
+
+    monkeypatch.setattr(decoding, "generate_text", lambda pre, prompts, steering=None, **_: [
+        answer(p, float(v)) for p, v in zip(prompts, np.zeros(len(prompts)) if steering is None else steering)])
+    group = search.SettingGroup({"layers": [1]}, "eta", (0.01, 0.0316, 0.1, 0.316, 1.0), lambda v: v)
+    adaptive = search.AdaptiveSearch(refine_rounds=3, max_extensions=2, screen_fraction=0.5)
+    capped = search.Tolerances(0.05, 0.05, monotone=True, max_nll_rise=0.3)
+    for tolerances, top in ((TOL, 0.225), (capped, 0.15)):
+        table, _ = search.run_search(None, benign, harmful, [group], NllJudge(), adaptive, tolerances,
+                                     system=None, max_new_tokens=4, batch_size=8, progress=False)
+        assert all(r["benign_nll_shift"] == pytest.approx(2 * r["eta"])
+                   for r in table[1:] if not r.get("screened_out"))
+        best, _ = search.choose_setting(table, tolerances)
+        assert 0.09 <= best["eta"] <= top and best["benign_nll_shift"] <= 0.3 + (top > 0.2)
+    assert best["eta"] > 0.1  # the cap refined up to it, past the grid's 0.1
+
+
+def test_max_nll_rise_is_read_monotone_and_checked():
+    """A gentler step whose answers lost fluency sinks the longer ones under the monotone rule,
+    as a count would; a table without the shift is refused rather than read as unconstrained."""
+    base = dict(BASE, incoherent=0.05)
+    table = [base, _row(0.01, 0.05, helpful=0.62, benign_nll_shift=0.4),
+             _row(0.0316, 0.05, helpful=0.77, benign_nll_shift=0.1)]
+    cap = lambda monotone: search.Tolerances(0.05, 0.05, monotone=monotone, max_nll_rise=0.3)
+    assert search.choose_setting(table, cap(False))[0]["eta"] == 0.0316
+    assert search.choose_setting(table, cap(True))[0] is base
+    assert search.choose_setting(table, search.Tolerances(0.05, 0.05, monotone=True))[0]["eta"] == 0.0316
+    with pytest.raises(ValueError, match="has no benign_nll_shift"):
+        search.choose_setting([base, _row(0.01, 0.05)], cap(False))
+    nan = [base, _row(0.01, 0.05, helpful=0.9, benign_nll_shift=float("nan"))]
+    assert search.choose_setting(nan, cap(False))[0] is base
+    with pytest.raises(ValueError, match=r"max_nll_rise=-0.1: expected a number >= 0"):
+        search.Tolerances(max_nll_rise=-0.1)
+    from configs.smollm2_135m import get_config
+    from eds_jax.training import pipeline
+    cfg = get_config()
+    cfg.sweep.max_nll_rise = -0.1
+    with pytest.raises(ValueError, match=r"config.sweep.max_nll_rise=-0.1: expected a number >= 0"):
+        pipeline.check_config(cfg)

@@ -93,10 +93,7 @@ def check_config(cfg) -> None:
     if not 0.0 <= float(cfg.sweep.confirm_fraction) < 1.0:
         raise ValueError(f"config.sweep.confirm_fraction={cfg.sweep.confirm_fraction!r}: expected a "
                          "share of the validation prompts in [0, 1) (0: no confirmation)")
-    try:
-        search.check_monotone_fit(cfg.sweep.monotone_fit)
-    except ValueError as error:
-        raise ValueError(f"config.sweep.{error}") from None
+    choice_tolerances(cfg)
     if isinstance(cfg.sweep.confirm_candidates, bool) or int(cfg.sweep.confirm_candidates) < 1:
         raise ValueError(f"config.sweep.confirm_candidates={cfg.sweep.confirm_candidates!r}: expected "
                          "an integer >= 1")
@@ -141,6 +138,18 @@ def adaptive_search(cfg):
                               float(s.screen_fraction), float(s.screen_margin))
     except ValueError as error:
         raise ValueError(f"config.sweep: {error}") from None
+
+
+def choice_tolerances(cfg):
+    """The `search.Tolerances` of the choice rule that `cfg.sweep` describes."""
+    from eds_jax.training.search import Tolerances
+    s = cfg.sweep
+    try:
+        return Tolerances(float(s.max_refusal_drop), float(s.max_incoherence_rise), bool(s.monotone),
+                          str(s.monotone_fit),
+                          None if s.max_nll_rise is None else float(s.max_nll_rise))
+    except ValueError as error:
+        raise ValueError(f"config.sweep.{error}") from None
 
 
 def hold_back(n_benign: int, n_harmful: int, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -237,8 +246,7 @@ def choose_steering(cfg, pre, ranked: list[int], layer_ebm, validation: tuple[li
     nll = helpfulness.answer_nll(pre, benign + harmful, unsteered, cfg.collect.judge, int(s.batch_size))
     judge = helpfulness.calibrated_judge(pre, benign + harmful, unsteered, cfg.collect.judge,
                                          s.fluency_quantile, s.fluency_margin, int(s.batch_size), nll=nll)
-    tolerances = search.Tolerances(s.max_refusal_drop, s.max_incoherence_rise, bool(s.monotone),
-                                   str(s.monotone_fit))
+    tolerances = choice_tolerances(cfg)
     adaptive = adaptive_search(cfg)
     started = time.time()
     opened, reach = None, None
