@@ -10,6 +10,7 @@ deployment.
   python benchmarks/replay_rule.py benchmarks/results/deployments_generated/persona/training.md --monotone
   python benchmarks/replay_rule.py runs/deployments_generated/*/ebms --monotone_fit=isotonic
   python benchmarks/replay_rule.py runs/x/ebms --nll=x_nll.json --max_nll_rise=0.15
+  python benchmarks/replay_rule.py runs/deployments_generated/*/ebms --group_margin=0.05
 
 `--nll`: per path, the benign answers' NLLs that `benchmarks/sweep_nll.py --save` wrote for that
 search; each row then carries its `benign_nll_shift`, so `--max_nll_rise` can be replayed.
@@ -19,6 +20,7 @@ Each argument is an EBM directory (its metadata holds the sweep) or a `training.
 Prints, per table: the saved choice, the replay under the saved rule (a check: it must agree), and
 the replay under the variant.
 """
+import dataclasses
 import os
 import sys
 
@@ -172,8 +174,9 @@ def main(argv):
         variant = search.Tolerances(saved.max_refusal_drop, saved.max_incoherence_rise, FLAGS.monotone,
                                     FLAGS.monotone_fit, FLAGS.max_nll_rise)
         print(f"{path}\n  saved choice:   {chosen}")
-        for name, tolerances in (("saved rule", saved), ("variant", variant)):
-            row, reason = replay(table, tolerances, grid, swept=FLAGS.swept, adaptive=adaptive)
+        widened = dataclasses.replace(adaptive, group_margin=FLAGS.group_margin)
+        for name, tolerances, how in (("saved rule", saved, adaptive), ("variant", variant, widened)):
+            row, reason = replay(table, tolerances, grid, swept=FLAGS.swept, adaptive=how)
             shift = "" if row is None or "benign_nll_shift" not in row else \
                 f" (benign NLL shift {row['benign_nll_shift']:+.3f})"
             print(f"  {name + ':':15} {reason if row is None else row['setting'] + shift}")
@@ -184,6 +187,8 @@ if __name__ == "__main__":
     flags.DEFINE_string("swept", "eta_fraction", "the float each group varies")
     flags.DEFINE_bool("monotone", True, "the variant: the monotone rule (sweep.monotone)")
     flags.DEFINE_enum("monotone_fit", "worst", search.MONOTONE_FITS, "the variant's fit (sweep.monotone_fit)")
+    flags.DEFINE_float("group_margin", None, "the variant's search refines every group's best "
+                       "within this of the best's (sweep.group_margin)")
     flags.DEFINE_list("nll", [], "per path, the JSON of sweep_nll.py --save for its search")
     flags.DEFINE_float("max_nll_rise", None, "the variant's sweep.max_nll_rise (nats/token)")
     flags.DEFINE_list("validation_prompts", ["80", "79"], "benign, harmful prompt counts behind a "

@@ -380,3 +380,21 @@ def test_max_nll_rise_is_read_monotone_and_checked():
     cfg.sweep.max_nll_rise = -0.1
     with pytest.raises(ValueError, match=r"config.sweep.max_nll_rise=-0.1: expected a number >= 0"):
         pipeline.check_config(cfg)
+
+
+def test_group_margin_refines_every_near_best_group():
+    """Two groups whose grid bests are 2 points apart: by default only the better one is refined;
+    with group_margin=0.05 the other's best gets its midpoints too (and its edge step, sharing the
+    extensions), and a group 20 points behind is left alone."""
+    def grid(optimum, height, group):
+        return {v: dict(bump(optimum, height)(v), group=group, swept="v") for v in COARSE}
+    evaluated = {0: grid(0.1, 0.30, "a"), 1: grid(0.05, 0.33, "b"), 2: grid(0.1, 0.1, "c")}
+    tops = {g: max(rows, key=lambda v: rows[v]["benign_helpful"]) for g, rows in evaluated.items()}
+    assert tops[0] == tops[2] == 0.1 and tops[1] == 0.0316
+    alone, _ = search.next_values(evaluated, BASE, TOL, extensions_left=2)
+    assert {g for g, _ in alone} == {0}
+    wide, _ = search.next_values(evaluated, BASE, TOL, extensions_left=2, group_margin=0.05)
+    assert sorted(v for g, v in wide if g == 1) == pytest.approx([np.sqrt(0.01 * 0.0316), np.sqrt(0.0316 * 0.1)], rel=1e-3)
+    assert [v for g, v in wide if g == 0] == [v for _, v in alone] and 2 not in {g for g, _ in wide}
+    with pytest.raises(ValueError, match=r"search group_margin=1.5: expected a rate in \[0, 1\]"):
+        search.AdaptiveSearch(group_margin=1.5)

@@ -135,7 +135,8 @@ def adaptive_search(cfg):
     s = cfg.sweep
     try:
         return AdaptiveSearch(int(s.refine_rounds), int(s.max_extensions), float(s.min_ratio),
-                              float(s.screen_fraction), float(s.screen_margin))
+                              float(s.screen_fraction), float(s.screen_margin),
+                              None if s.group_margin is None else float(s.group_margin))
     except ValueError as error:
         raise ValueError(f"config.sweep: {error}") from None
 

@@ -10,7 +10,8 @@ nobody has seen: a coarse log-spaced grid of the float in every group (e.g. eta 
 0.01 ... 1 with and without energy floors), screened on a subset of the validation prompts first
 (a setting already incoherent, or already losing harmful refusals, there is not run on the rest),
 then refined around the best setting (geometric midpoints with its neighbours) and extended past
-the grid's edge when the best sits on it. `next_values` is the pure rule, testable on any objective.
+the grid's edge when the best sits on it; with `AdaptiveSearch.group_margin`, around every group's
+best that comes within that margin of it too. `next_values` is the pure rule, testable on any objective.
 
 `choose_setting` keeps the setting that maximises benign helpfulness, subject to
   - harmful refusal falling by at most `max_refusal_drop` below the unsteered rate, pooled and on
@@ -109,6 +110,10 @@ class AdaptiveSearch:
     min_ratio: float = 1.2
     screen_fraction: float = 0.5
     screen_margin: float = 0.05
+    # also refine the best setting of every other group whose benign helpfulness is within this of
+    # the overall best's (None: the overall best's group only). Near-equal groups are equal within
+    # the noise of a few prompts, and a coarse grid can leave the better one between its points.
+    group_margin: Optional[float] = None
 
     def __post_init__(self):
         for name in ("refine_rounds", "max_extensions"):
@@ -122,6 +127,11 @@ class AdaptiveSearch:
                              "in [0, 1) (0: no screening)")
         if not self.screen_margin >= 0.0:
             raise ValueError(f"search screen_margin={self.screen_margin!r}: expected a number >= 0")
+        if self.group_margin is not None and not (isinstance(self.group_margin, (int, float))
+                                                  and not isinstance(self.group_margin, bool)
+                                                  and 0.0 <= self.group_margin <= 1.0):
+            raise ValueError(f"search group_margin={self.group_margin!r}: expected a rate in [0, 1] "
+                             "or None")
 
 
 GRID = AdaptiveSearch(refine_rounds=0, max_extensions=0, screen_fraction=0.0)
@@ -287,7 +297,7 @@ def refine(evaluated: dict, base: dict, tolerances: "Tolerances", search: Adapti
     extensions = search.max_extensions
     for _ in range(search.refine_rounds):
         proposals, used = next_values(evaluated, base, tolerances, extensions_left=extensions,
-                                      min_ratio=search.min_ratio)
+                                      min_ratio=search.min_ratio, group_margin=search.group_margin)
         extensions -= used
         proposals = list(dict.fromkeys((g, v) for g, v in proposals if v not in evaluated[g]))
         if not proposals:
@@ -323,13 +333,16 @@ def _value_ratio(values: list[float], i: int, j: int) -> float:
 
 
 def next_values(evaluated: dict, base: dict, tolerances: "Tolerances", *, extensions_left: int,
-                min_ratio: float = 1.2) -> tuple[list[tuple[int, float]], int]:
+                min_ratio: float = 1.2, group_margin: Optional[float] = None
+                ) -> tuple[list[tuple[int, float]], int]:
     """(new (group, value) candidates, extensions used): the refinement rule of `run_search`.
 
     evaluated: {group: {value: row}}; a group's values share one sign (a negative coefficient is
     refined by its magnitude). Around the setting `choose_setting` keeps: the geometric midpoint
     with each neighbour in its group (unless the two are within `min_ratio`), and one step past
-    the group's edge when it sits there (a step as wide as its last interval). When nothing is
+    the group's edge when it sits there (a step as wide as its last interval). With `group_margin`,
+    the same around the setting each other group would keep, when its benign helpfulness is within
+    `group_margin` of the kept one's (extensions shared, the best group's first). When nothing is
     kept: one step below each group's gentlest value that broke a constraint.
     """
     rows = [r for group in evaluated.values() for r in group.values() if not r.get("screened_out")]
@@ -343,16 +356,25 @@ def next_values(evaluated: dict, base: dict, tolerances: "Tolerances", *, extens
                 proposals.append((g, values[0] / step))
                 used += 1
         return [(g, float(f"{v:.4g}")) for g, v in proposals], used
-    g, value = next((g, v) for g, group in evaluated.items() for v, r in group.items() if r is best)
-    values = sorted(evaluated[g], key=abs)
-    i = values.index(value)
-    if len(values) > 1 and used < extensions_left and i in (0, len(values) - 1):
-        step = _value_ratio(values, i, i - 1 if i else 1)
-        proposals.append((g, value * step if i else value / step))
-        used += 1
-    for j in (i - 1, i + 1):
-        if 0 <= j < len(values) and _value_ratio(values, i, j) > min_ratio:
-            proposals.append((g, float(np.sign(value) * np.sqrt(value * values[j]))))
+    g = next(g for g, group in evaluated.items() for r in group.values() if r is best)
+    targets = [(g, best)]
+    if group_margin is not None:
+        for h, group in evaluated.items():
+            live = [r for r in group.values() if not r.get("screened_out")]
+            top, _ = choose_setting([base] + live, tolerances) if h != g and live else (base, "")
+            if top is not base and top["benign_helpful"] >= best["benign_helpful"] - group_margin - 1e-12:
+                targets.append((h, top))
+    for g, row in targets:
+        value = next(v for v, r in evaluated[g].items() if r is row)
+        values = sorted(evaluated[g], key=abs)
+        i = values.index(value)
+        if len(values) > 1 and used < extensions_left and i in (0, len(values) - 1):
+            step = _value_ratio(values, i, i - 1 if i else 1)
+            proposals.append((g, value * step if i else value / step))
+            used += 1
+        for j in (i - 1, i + 1):
+            if 0 <= j < len(values) and _value_ratio(values, i, j) > min_ratio:
+                proposals.append((g, float(np.sign(value) * np.sqrt(value * values[j]))))
     return [(g, float(f"{v:.4g}")) for g, v in proposals], used
 
 
