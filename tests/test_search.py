@@ -127,7 +127,7 @@ def test_run_search_screens_refines_and_merges(monkeypatch):
     assert all(r["benign_n"] == 20 and r["harmful_n"] == 10 for r in rows.values() if not r.get("screened_out"))
     # selectivity: of the 10 benign and 6 harmful unsteered refusals, the chosen setting removed 8 benign ones
     assert best["refusals_removed"] == {"benign": [8, 10], "harmful": [0, 6]}
-    assert "| 8/10 / 0/6 | yes |" in search.markdown_table(table, best["setting"])
+    assert "| +0.000 | 8/10 / 0/6 | yes |" in search.markdown_table(table, best["setting"])
     # its paired evidence: 8 benign prompts became helpful, none stopped being (p = 1/256)
     assert best["benign_helpful_gained_lost"] == [8, 0]
     assert "8 benign validation prompts became helpful and 0 stopped being (sign test p = 0.0039)" in reason

@@ -612,13 +612,13 @@ def evidence(row: dict) -> str:
 
 def markdown_table(table: Sequence[dict], chosen: str) -> str:
     """The sweep table: rates per setting (benign helpful / refused / incoherent, harmful refused,
-    per harmful source when known); settings dropped by the screen show their rates on the
-    screening subset and say so."""
+    per harmful source when known, the benign answers' paired NLL shift in nats/token); settings
+    dropped by the screen show their rates on the screening subset and say so."""
     sources = list(table[0].get("harmful_refusal_by_source") or {}) if table else []
     extra = "".join(f" refused: {name} |" for name in sources)
     lines = ["| setting | benign helpful | benign refused | benign incoherent | harmful refused | "
-             f"harmful incoherent |{extra} refusals removed: benign / harmful | chosen |",
-             "|---|---|---|---|---|---|" + "---|" * len(sources) + "---|---|"]
+             f"harmful incoherent |{extra} benign NLL shift | refusals removed: benign / harmful | chosen |",
+             "|---|---|---|---|---|---|" + "---|" * len(sources) + "---|---|---|"]
     for r in table:
         by_source = r.get("harmful_refusal_by_source") or {}
         per_source = "".join(f" {by_source[name]:.1%} |" if name in by_source else " |" for name in sources)
@@ -627,7 +627,8 @@ def markdown_table(table: Sequence[dict], chosen: str) -> str:
         removed = r.get("refusals_removed")
         removed = (f"{removed['benign'][0]}/{removed['benign'][1]} / {removed['harmful'][0]}/{removed['harmful'][1]}"
                    if removed else "")
+        shift = f"{r['benign_nll_shift']:+.3f}" if "benign_nll_shift" in r else ""
         lines.append(f"| {r['setting']} | {r['benign_helpful']:.1%} | {r['benign_refusal']:.1%} | "
                      f"{r['benign_incoherent']:.1%} | {r['harmful_refusal']:.1%} | "
-                     f"{r['harmful_incoherent']:.1%} |{per_source} {removed} | {mark} |")
+                     f"{r['harmful_incoherent']:.1%} |{per_source} {shift} | {removed} | {mark} |")
     return "\n".join(lines)
