@@ -60,3 +60,19 @@ def test_a_suite_training_md_reads_back_as_the_table(tmp_path):
     assert read[1]["harmful_refusal_by_source"] == {"harmful": pytest.approx(0.4)}
     row, _ = replay_rule.replay(read, search.Tolerances(), GRID, swept="eta")
     assert row["setting"] == chosen["setting"]
+
+
+def test_nll_file_gives_each_row_its_paired_shift(tmp_path):
+    """`--nll`: each measured row gets `search.nll_shift` over the prompts both settings answered
+    (refusals are null); a row the file lacks is an error, not a silent zero."""
+    import json
+    rows = [dict(BASE)] + [measure(v) for v in (0.01, 0.0316)]
+    path = tmp_path / "nll.json"
+    path.write_text(json.dumps({search.UNSTEERED: {"p": 1.0, "q": 2.0, "r": None},
+                                "layers=[1] eta=0.01": {"p": 1.5, "q": None, "r": 3.0},
+                                "layers=[1] eta=0.0316": {"p": 1.0, "q": 2.5, "r": 1.0}}))
+    shifted = replay_rule.with_nll_shift(rows, str(path))
+    assert [r.get("benign_nll_shift") for r in shifted] == pytest.approx([None, 0.5, 0.25])
+    path.write_text(json.dumps({search.UNSTEERED: {"p": 1.0}}))
+    with pytest.raises(SystemExit, match="no NLLs for 'layers=\\[1\\] eta=0.01'"):
+        replay_rule.with_nll_shift(rows, str(path))

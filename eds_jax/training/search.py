@@ -17,7 +17,8 @@ best that comes within that margin of it too. `next_values` is the pure rule, te
   - harmful refusal falling by at most `max_refusal_drop` below the unsteered rate, pooled and on
     each harmful validation source (when the sweep knows the sources), and
   - incoherence rising by at most `max_incoherence_rise`, over all validation responses and on
-    the benign and the harmful ones each;
+    the benign and the harmful ones each (and, with `Tolerances.max_nll_rise`, the benign answers'
+    paired NLL shift, `nll_shift`, by at most that);
 with `Tolerances.monotone` (the configs' default), both are read on the worst rates of the
 setting's group at steps no longer than its own (`monotone_envelope`); when no steered setting
 satisfies both and beats the unsteered helpfulness, it keeps the unsteered setting and says why.
@@ -444,8 +445,8 @@ def _monotone(values: list[float], rising: bool, fit: str) -> list[float]:
 
 def monotone_envelope(rows: Sequence[dict], fit: str = "worst") -> list[dict]:
     """Copies of the steered `rows` whose constrained rates are fitted as monotone in the step
-    length within their group: incoherence never falling, harmful refusal (pooled, per source)
-    never rising. fit="worst": each the worst of its group at steps no longer than its own;
+    length within their group: incoherence (and the benign NLL shift) never falling, harmful
+    refusal (pooled, per source) never rising. fit="worst": each the worst of its group at steps no longer than its own;
     fit="isotonic": the least-squares monotone fit (`isotonic`).
 
     A longer step in the same group (rows with equal "group", ordered by the magnitude of their
