@@ -185,11 +185,11 @@ def test_search_skips_the_rows_the_gate_shuts_token_for_token(tiny_chat_model, m
 
     judged = []
 
-    class ByLength:  # an outcome read off each text, so the tables compare real judgements
+    class ByLength:  # an outcome and a score read off each text, so the tables compare real judgements
         def judge(self, pre, prompts, responses, batch_size=16, nll=None):
             judged.append(len(responses))
             outcomes = [(HELPFUL, REFUSAL, INCOHERENT)[len(r) % 3] for r in responses]
-            return Judged(outcomes, np.arange(len(responses), dtype=np.float64))
+            return Judged(outcomes, np.array([float(len(r)) for r in responses]))
 
     calls = []
     import eds_jax.core.decoding as decoding
