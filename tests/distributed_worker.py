@@ -15,8 +15,11 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import jax  # noqa: E402
 
 jax.config.update("jax_cpu_collectives_implementation", "gloo")
+# timeouts well inside the test's own, so a stuck start or shutdown ends with an error in the log
 jax.distributed.initialize(coordinator_address=f"127.0.0.1:{port}", num_processes=num_processes,
-                           process_id=process_id)
+                           process_id=process_id, initialization_timeout=90, heartbeat_timeout_seconds=60,
+                           shutdown_timeout_seconds=60)
+print("INITIALIZED", flush=True)
 import numpy as np  # noqa: E402
 from eds_jax.training import infonce  # noqa: E402
 

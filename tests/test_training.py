@@ -4,6 +4,7 @@ import os
 import subprocess
 import sys
 import textwrap
+import time
 
 import numpy as np
 import pytest
@@ -278,26 +279,49 @@ COLLECT_PROMPTS = ([f"Tell me about topic {i}." + " Please." * i for i in range(
                    [f"Explain how to do bad thing {i}." for i in range(4)])
 
 
-def run_two_processes(tmp_path, *args):
-    """Start two worker processes x 2 CPU devices over 127.0.0.1 (jax.distributed); their RESULTs."""
+def _start_pair(tmp_path, attempt, *args):
+    """Two worker processes on a fresh port; their exit codes, stdouts and stderrs."""
     env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=2", JAX_PLATFORMS="cpu")
     port, worker = str(_free_port()), os.path.join(ROOT, "tests", "distributed_worker.py")
-    logs = [(open(tmp_path / f"out{i}", "w"), open(tmp_path / f"err{i}", "w")) for i in range(2)]
-    procs = [subprocess.Popen([sys.executable, worker, str(i), "2", port, str(tmp_path / "multi"), *args],
+    paths = [(tmp_path / f"out{attempt}.{i}", tmp_path / f"err{attempt}.{i}") for i in range(2)]
+    logs = [(open(out, "w"), open(err, "w")) for out, err in paths]
+    procs = [subprocess.Popen([sys.executable, worker, str(i), "2", port, str(tmp_path / f"multi{attempt}"), *args],
                               stdout=out, stderr=err, text=True, env=env) for i, (out, err) in enumerate(logs)]
+    deadline = time.monotonic() + 240
     try:  # files, not pipes: a full pipe would stall one process while the other waits for it
         for p in procs:
-            p.wait(timeout=300)
+            try:
+                p.wait(timeout=max(1.0, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                pass  # reported below with both processes' logs
     finally:
         for p in procs:
             p.kill()
+            p.wait()
         for out, err in logs:
             out.close(), err.close()
-    results = []
-    for i, p in enumerate(procs):
-        assert p.returncode == 0, (tmp_path / f"err{i}").read_text()[-3000:]
-        stdout = (tmp_path / f"out{i}").read_text()
-        results.append(json.loads([l for l in stdout.splitlines() if l.startswith("RESULT ")][-1][7:]))
+    return [(p.returncode, out.read_text(), err.read_text()) for p, (out, err) in zip(procs, paths)]
+
+
+def run_two_processes(tmp_path, *args):
+    """Start two worker processes x 2 CPU devices over 127.0.0.1 (jax.distributed); their RESULTs.
+
+    One pair runs at a time (a lock shared by the xdist workers), so two pairs never race for ports.
+    A pair that fails before both processes joined the coordinator (the port picked here was taken
+    before the coordinator bound it) is started once more on a new port; any later failure fails.
+    """
+    import fcntl
+    import tempfile
+    with open(os.path.join(tempfile.gettempdir(), "eds_jax_distributed_test.lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        for attempt in range(2):
+            runs = _start_pair(tmp_path, attempt, *args)
+            joined = all("INITIALIZED" in out for _, out, _ in runs)
+            if all(rc == 0 for rc, _, _ in runs) or joined:
+                break
+    report = "\n".join(f"process {i}: exit {rc}\n{err[-2000:]}" for i, (rc, _, err) in enumerate(runs))
+    assert all(rc == 0 for rc, _, _ in runs), report
+    results = [json.loads([l for l in out.splitlines() if l.startswith("RESULT ")][-1][7:]) for _, out, _ in runs]
     assert all(r["devices"] == 4 and r["processes"] == 2 for r in results)
     return results
 
