@@ -48,3 +48,8 @@ else:  # collection with each batch's rows split over both processes' devices
     out = {"responses": data.responses, "activations": data.activations.ravel().tolist()}
 print("RESULT " + json.dumps({"devices": len(jax.devices()), "processes": jax.process_count(), **out}),
       flush=True)
+# the result is out: leave together, then skip the interpreter's teardown of XLA's objects, which
+# the result does not depend on
+jax.distributed.shutdown()
+sys.stdout.flush(), sys.stderr.flush()
+os._exit(0)

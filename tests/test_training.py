@@ -307,18 +307,23 @@ def run_two_processes(tmp_path, *args):
     """Start two worker processes x 2 CPU devices over 127.0.0.1 (jax.distributed); their RESULTs.
 
     One pair runs at a time (a lock shared by the xdist workers), so two pairs never race for ports.
-    A pair that fails before both processes joined the coordinator (the port picked here was taken
-    before the coordinator bound it) is started once more on a new port; any later failure fails.
+    A pair that fails is started once more on a new port: silently when a process never joined the
+    coordinator (the port picked here was taken before the coordinator bound it), with a warning
+    that carries both processes' logs otherwise; a second failure fails the test.
     """
     import fcntl
     import tempfile
+    import warnings
     with open(os.path.join(tempfile.gettempdir(), "eds_jax_distributed_test.lock"), "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         for attempt in range(2):
             runs = _start_pair(tmp_path, attempt, *args)
-            joined = all("INITIALIZED" in out for _, out, _ in runs)
-            if all(rc == 0 for rc, _, _ in runs) or joined:
+            if all(rc == 0 for rc, _, _ in runs):
                 break
+            if attempt == 0 and all("INITIALIZED" in out for _, out, _ in runs):
+                warnings.warn("a two-process run failed after both processes joined; starting it again:\n"
+                              + "\n".join(f"process {i}: exit {rc}\n{out[-500:]}\n{err[-2000:]}"
+                                          for i, (rc, out, err) in enumerate(runs)))
     report = "\n".join(f"process {i}: exit {rc}\n{err[-2000:]}" for i, (rc, _, err) in enumerate(runs))
     assert all(rc == 0 for rc, _, _ in runs), report
     results = [json.loads([l for l in out.splitlines() if l.startswith("RESULT ")][-1][7:]) for _, out, _ in runs]
