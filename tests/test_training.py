@@ -303,6 +303,11 @@ def _start_pair(tmp_path, attempt, *args):
     return [(p.returncode, out.read_text(), err.read_text()) for p, (out, err) in zip(procs, paths)]
 
 
+def _pair_report(runs):
+    """Both processes' exit codes and the tails of their stdouts and stderrs."""
+    return "\n".join(f"process {i}: exit {rc}\n{out[-500:]}\n{err[-2000:]}" for i, (rc, out, err) in enumerate(runs))
+
+
 def run_two_processes(tmp_path, *args):
     """Start two worker processes x 2 CPU devices over 127.0.0.1 (jax.distributed); their RESULTs.
 
@@ -322,10 +327,8 @@ def run_two_processes(tmp_path, *args):
                 break
             if attempt == 0 and all("INITIALIZED" in out for _, out, _ in runs):
                 warnings.warn("a two-process run failed after both processes joined; starting it again:\n"
-                              + "\n".join(f"process {i}: exit {rc}\n{out[-500:]}\n{err[-2000:]}"
-                                          for i, (rc, out, err) in enumerate(runs)))
-    report = "\n".join(f"process {i}: exit {rc}\n{err[-2000:]}" for i, (rc, _, err) in enumerate(runs))
-    assert all(rc == 0 for rc, _, _ in runs), report
+                              + _pair_report(runs))
+    assert all(rc == 0 for rc, _, _ in runs), _pair_report(runs)
     results = [json.loads([l for l in out.splitlines() if l.startswith("RESULT ")][-1][7:]) for _, out, _ in runs]
     assert all(r["devices"] == 4 and r["processes"] == 2 for r in results)
     return results
