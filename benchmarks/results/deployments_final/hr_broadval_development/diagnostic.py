@@ -15,10 +15,10 @@ cfg.sweep.benign = {"or_bench_hard": cfg.sweep.benign.or_bench_hard, "harmless":
                     "own_val": source("data:own/benign_val.jsonl"),
                     "own": source("data:own/benign.jsonl", limit=40)}
 start = time.time()
-result = train_and_choose(cfg, "runs/s21_hr_broadval")
+result = train_and_choose(cfg, "runs/hr_broadval")
 print(f"train + search {time.time() - start:.0f} s; chosen {result.sweep['chosen']}", flush=True)
 print(result.summary, flush=True)
 start = time.time()
 evaluate(EvalOptions(ebms=result.ebms_dir, methods=("eds",), max_new_tokens=40, batch_size=32,
-                     output_dir="runs/s21_hr_broadval_eval"))
+                     output_dir="runs/hr_broadval_eval"))
 print(f"evaluate {time.time() - start:.0f} s", flush=True)
